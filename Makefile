@@ -1,0 +1,41 @@
+# Every target delegates to a script under hack/ so CI and newcomers run the same thing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help demo test unit lint cluster-binaries cluster-up cluster-down docker-up docker-down crds bench
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+demo: ## bring up the local cluster + operator and serve the sample ModelInstances
+	bash hack/demo.sh
+
+test: ## everything: lint, unit, Kubernetes and Docker integration tests
+	bash hack/test.sh
+
+unit: ## lint + unit tests only (no cluster, no Docker)
+	bash hack/test.sh unit
+
+lint: ## ruff + mypy
+	bash hack/test.sh lint
+
+cluster-binaries: ## build (or reuse) etcd, kube-*, kwok, kubectl, helm into the cache
+	bash hack/cluster.sh build
+
+cluster-up: ## start the local loopback cluster; prints export KUBECONFIG=...
+	bash hack/cluster.sh up
+
+cluster-down: ## stop every process cluster-up started
+	bash hack/cluster.sh down
+
+docker-up: ## install (if needed) and start a Docker engine for the Docker-mode tests
+	bash hack/docker.sh up
+
+docker-down: ## stop the Docker engine docker-up started
+	bash hack/docker.sh down
+
+crds: ## regenerate crds/ from the pydantic API model
+	bash hack/venv.sh >/dev/null && .venv/bin/xw crds > crds/modelinstances.xw.dev.yaml
+
+bench: ## run the benchmarks
+	bash hack/venv.sh >/dev/null && .venv/bin/python bench/run.py
