@@ -1,0 +1,543 @@
+#!/usr/bin/env bash
+# Local loopback Kubernetes control plane for tests and the demo -- no Docker, no image registry.
+#
+#   bash hack/cluster.sh build           build (or reuse) etcd, kube-apiserver, kube-controller-manager,
+#                                        kube-scheduler, kubectl, kwok, helm into the cache
+#   bash hack/cluster.sh up              start etcd + control plane + kwok + fake accelerator nodes;
+#                                        last lines on stdout: export KUBECONFIG=... / export PATH=...
+#   bash hack/cluster.sh down            stop every process `up` started (by recorded pid), wipe etcd data
+#   bash hack/cluster.sh env             print the export lines without starting anything
+#   bash hack/cluster.sh status          show which recorded processes are alive
+#   bash hack/cluster.sh audit-log-path  print the apiserver audit log path
+#   bash hack/cluster.sh bin-dir         print the directory holding the binaries
+#
+# Environment overrides:
+#   XW_CACHE_DIR     cache root (default ~/.cache/xw-operator)
+#   XW_CLUSTER_DIR   state dir  (default $XW_CACHE_DIR/cluster)
+#   XW_ETCD_PORT (12379) XW_ETCD_PEER_PORT (12380) XW_APISERVER_PORT (16443)
+#   XW_KCM_PORT (16257) XW_SCHEDULER_PORT (16259) XW_KWOK_PORT (16080)
+#   XW_SERVICE_CIDR (10.96.0.0/16)
+set -euo pipefail
+
+K8S_VERSION=v1.34.4
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.19.5
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE_DIR="${XW_CACHE_DIR:-$HOME/.cache/xw-operator}"
+TUPLE="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+ROOT_DIR="$CACHE_DIR/k8s/$TUPLE"
+BIN_DIR="$ROOT_DIR/bin"
+SRC_DIR="$ROOT_DIR/src"
+STAMP="$ROOT_DIR/stamp"
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+
+STATE="${XW_CLUSTER_DIR:-$CACHE_DIR/cluster}"
+ETCD_PORT="${XW_ETCD_PORT:-12379}"
+ETCD_PEER_PORT="${XW_ETCD_PEER_PORT:-12380}"
+APISERVER_PORT="${XW_APISERVER_PORT:-16443}"
+KCM_PORT="${XW_KCM_PORT:-16257}"
+SCHEDULER_PORT="${XW_SCHEDULER_PORT:-16259}"
+KWOK_PORT="${XW_KWOK_PORT:-16080}"
+SERVICE_CIDR="${XW_SERVICE_CIDR:-10.96.0.0/16}"
+KUBECONFIG_PATH="$STATE/kubeconfig"
+AUDIT_LOG="$STATE/audit.log"
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------- build
+
+# Go settings shared by every build: static binaries, 2 parallel compile jobs (2-core machines), never
+# download a different toolchain.
+go_env() {
+  export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-p=2 -mod=mod"
+}
+
+# Expected version string fragment printed by "<bin> --version" (or equivalent).
+want_version() {
+  case "$1" in
+    etcd) echo "${ETCD_VERSION#v}" ;;
+    kwok) echo "${KWOK_VERSION#v}" ;;
+    helm) echo "${HELM_VERSION}" ;;
+    *) echo "${K8S_VERSION}" ;;
+  esac
+}
+
+# Print the version output of binary $1 at path $2 (empty on failure).
+version_of() {
+  local name="$1" path="$2"
+  case "$name" in
+    etcd) "$path" --version 2>/dev/null | head -1 ;;
+    kwok) "$path" --version 2>/dev/null | head -1 ;;
+    helm) "$path" version --short 2>/dev/null | head -1 ;;
+    kubectl) "$path" version --client 2>/dev/null | head -1 ;;
+    *) "$path" --version 2>/dev/null | head -1 ;;
+  esac
+}
+
+version_ok() { # name path
+  local v
+  v="$(version_of "$1" "$2")" || return 1
+  [[ "$v" == *"$(want_version "$1")"* ]]
+}
+
+# Try to reuse an already-installed binary of the right version (PATH or KUBEBUILDER_ASSETS).
+reuse_existing() {
+  local name="$1" cand
+  for cand in "${KUBEBUILDER_ASSETS:+$KUBEBUILDER_ASSETS/$name}" "$(command -v "$name" 2>/dev/null || true)"; do
+    [[ -n "$cand" && -x "$cand" && "$cand" != "$BIN_DIR/$name" ]] || continue
+    if version_ok "$name" "$cand"; then
+      log "reusing $cand ($(version_of "$name" "$cand"))"
+      cp "$cand" "$BIN_DIR/$name.tmp" && mv "$BIN_DIR/$name.tmp" "$BIN_DIR/$name"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Run a build command in the background with an elapsed-time ticker.
+run_timed() {
+  local what="$1"; shift
+  local start=$SECONDS
+  log "building $what ..."
+  ( while sleep 60; do log "  ... still building $what ($((SECONDS - start))s)"; done ) &
+  local ticker=$!
+  local rc=0
+  "$@" || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  if [[ $rc -ne 0 ]]; then die "build of $what failed (rc=$rc)"; fi
+  log "built $what in $((SECONDS - start))s"
+}
+
+k8s_module_dir() {
+  go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p'
+}
+
+# Wrapper module: k8s.io/kubernetes replaces its k8s.io/* staging modules with local paths, which only
+# apply when it is the main module. Here we require it and replace every staging module with the
+# published v0.X.Y tag of the same release.
+prepare_k8s_wrapper() {
+  local dir="$SRC_DIR/kubernetes" gomod staging
+  mkdir -p "$dir"
+  [[ -f "$dir/.ready" ]] && return 0
+  gomod="$(k8s_module_dir)"
+  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@${K8S_VERSION}"
+  staging="v0.${K8S_VERSION#v1.}"
+  {
+    echo "module xw.local/k8sbuild"
+    echo
+    echo "go 1.24.0"
+    echo
+    echo "godebug default=go1.24"
+    echo
+    echo "require k8s.io/kubernetes ${K8S_VERSION}"
+    echo
+    echo "replace ("
+    sed -n '/^replace (/,/^)/p' "$gomod" | awk '$2=="=>" && $3 ~ /^\.\/staging/ {print "\t" $1 " => " $1 " '"$staging"'"}'
+    echo ")"
+  } > "$dir/go.mod"
+  cat > "$dir/tools.go" <<'EOF'
+package k8sbuild
+EOF
+  log "k8s wrapper module at $dir ($(grep -c '=>' "$dir/go.mod") staging replaces -> $staging)"
+  (cd "$dir" && go mod download k8s.io/kubernetes) || die "go mod download failed"
+  touch "$dir/.ready"
+}
+
+k8s_ldflags() {
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local f="-s -w" p
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f+=" -X $p.gitVersion=${K8S_VERSION} -X $p.gitMajor=1 -X $p.gitMinor=${minor}"
+    f+=" -X $p.gitCommit=0000000000000000000000000000000000000000 -X $p.gitTreeState=clean"
+    f+=" -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$f"
+}
+
+build_k8s() { # name
+  local name="$1"
+  prepare_k8s_wrapper
+  run_timed "$name ${K8S_VERSION}" bash -c 'cd "$1" && go build -trimpath -ldflags "$2" -o "$3.tmp" "k8s.io/kubernetes/cmd/$4" && mv "$3.tmp" "$3"' \
+    _ "$SRC_DIR/kubernetes" "$(k8s_ldflags)" "$BIN_DIR/$1" "$1"
+}
+
+build_etcd() {
+  local dir="$SRC_DIR/etcd"
+  mkdir -p "$dir"
+  # go.etcd.io/etcd/server/v3 holds etcdmain but no main package; the v3 root module's main.go is just
+  # etcdmain.Main(os.Args), so a two-line main in a wrapper module builds the same server.
+  cat > "$dir/go.mod" <<EOF
+module xw.local/etcdbuild
+
+go 1.26.0
+
+require go.etcd.io/etcd/server/v3 ${ETCD_VERSION}
+EOF
+  cat > "$dir/main.go" <<'EOF'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+EOF
+  run_timed "etcd ${ETCD_VERSION}" bash -c 'cd "$1" && go build -trimpath -ldflags "-s -w" -o "$2.tmp" . && mv "$2.tmp" "$2"' \
+    _ "$dir" "$BIN_DIR/etcd"
+}
+
+build_kwok() {
+  run_timed "kwok ${KWOK_VERSION}" bash -c 'GOBIN="$1/.gobin" GOFLAGS=-p=2 go install -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${2#v}" "sigs.k8s.io/kwok/cmd/kwok@$2" \
+      && mv "$1/.gobin/kwok" "$1/kwok"' _ "$BIN_DIR" "$KWOK_VERSION"
+}
+
+build_helm() {
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local f="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  f+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${minor}"
+  f+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${minor}"
+  run_timed "helm ${HELM_VERSION}" bash -c 'GOBIN="$1/.gobin" GOFLAGS=-p=2 go install -trimpath -ldflags "$3" \
+      "helm.sh/helm/v3/cmd/helm@$2" && mv "$1/.gobin/helm" "$1/helm"' _ "$BIN_DIR" "$HELM_VERSION" "$f"
+}
+
+stamp_matches() {
+  [[ -f "$STAMP" ]] || return 1
+  grep -qx "tuple=$TUPLE" "$STAMP" || return 1
+  local b
+  for b in "${BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
+  return 0
+}
+
+cmd_build() {
+  command -v go >/dev/null || die "go is required (https://go.dev/dl/)"
+  go_env
+  mkdir -p "$BIN_DIR" "$SRC_DIR"
+  if stamp_matches; then
+    local b bad=0
+    for b in "${BINARIES[@]}"; do
+      version_ok "$b" "$BIN_DIR/$b" || { log "$b in cache has wrong version: $(version_of "$b" "$BIN_DIR/$b")"; bad=1; }
+    done
+    if [[ $bad -eq 0 ]]; then
+      log "reusing cached binaries in $BIN_DIR ($TUPLE)"
+      return 0
+    fi
+  fi
+  local total_start=$SECONDS b
+  log "building into $BIN_DIR (Go $(go env GOVERSION), GOFLAGS=$GOFLAGS; the first build takes tens of minutes on 2 cores)"
+  # Order: what `up` needs first, helm last.
+  for b in etcd kube-apiserver kwok kube-controller-manager kube-scheduler kubectl helm; do
+    if [[ -x "$BIN_DIR/$b" ]] && version_ok "$b" "$BIN_DIR/$b"; then
+      log "$b already built ($(version_of "$b" "$BIN_DIR/$b"))"
+      continue
+    fi
+    reuse_existing "$b" && continue
+    case "$b" in
+      etcd) build_etcd ;;
+      kwok) build_kwok ;;
+      helm) build_helm ;;
+      *) build_k8s "$b" ;;
+    esac
+    version_ok "$b" "$BIN_DIR/$b" || die "$b built but reports '$(version_of "$b" "$BIN_DIR/$b")', want $(want_version "$b")"
+  done
+  {
+    echo "tuple=$TUPLE"
+    echo "go=$(go env GOVERSION)"
+    echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    for b in "${BINARIES[@]}"; do echo "$b=$(version_of "$b" "$BIN_DIR/$b") sha256=$(sha256sum "$BIN_DIR/$b" | cut -d' ' -f1)"; done
+  } > "$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
+  log "all binaries ready in $BIN_DIR ($((SECONDS - total_start))s)"
+}
+
+# ---------------------------------------------------------------------------------------------- up/down
+
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+print_env() {
+  echo "export KUBECONFIG=$KUBECONFIG_PATH"
+  echo "export PATH=$BIN_DIR:\$PATH"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pid recorded for component $1 if that process is still alive and is really ours (cmdline check, so
+# a recycled pid of an unrelated process is never signalled).
+live_pid() {
+  local f="$STATE/pids/$1.pid" pid
+  [[ -f "$f" ]] || return 1
+  pid="$(cat "$f")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "/$1 " || return 1
+  echo "$pid"
+}
+
+kctl() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+gen_cert() { # name CN O [san]
+  local name="$1" cn="$2" o="$3" san="${4:-}" pki="$STATE/pki"
+  [[ -f "$pki/$name.crt" ]] && return 0
+  openssl genrsa -out "$pki/$name.key" 2048 2>/dev/null
+  local subj="/CN=$cn"; [[ -n "$o" ]] && subj="/O=$o/CN=$cn"
+  openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
+  {
+    echo "basicConstraints=CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    if [[ -n "$san" ]]; then echo "extendedKeyUsage=serverAuth,clientAuth"; echo "subjectAltName=$san"
+    else echo "extendedKeyUsage=clientAuth"; fi
+  } > "$pki/$name.ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+  rm -f "$pki/$name.csr" "$pki/$name.ext"
+}
+
+first_service_ip() { # 10.96.0.0/16 -> 10.96.0.1
+  local net="${SERVICE_CIDR%/*}"
+  echo "${net%.*}.$(( ${net##*.} + 1 ))"
+}
+
+gen_pki() {
+  local pki="$STATE/pki"
+  mkdir -p "$pki"; chmod 700 "$pki"
+  if [[ ! -f "$pki/ca.crt" ]]; then
+    openssl genrsa -out "$pki/ca.key" 2048 2>/dev/null
+    openssl req -x509 -new -nodes -key "$pki/ca.key" -subj "/CN=xw-local-ca" -days 3650 -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out "$pki/ca.crt" 2>/dev/null
+  fi
+  gen_cert apiserver kube-apiserver "" \
+    "IP:127.0.0.1,IP:$(first_service_ip),DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  gen_cert admin xw-admin system:masters
+  gen_cert kube-controller-manager system:kube-controller-manager ""
+  gen_cert kube-scheduler system:kube-scheduler ""
+  gen_cert kwok kwok-controller system:masters
+  if [[ ! -f "$pki/sa.key" ]]; then
+    openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  fi
+}
+
+write_kubeconfig() { # file user-cert-name user
+  local file="$1" name="$2" user="$3" pki="$STATE/pki"
+  cat > "$file.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: xw-local
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $pki/ca.crt
+users:
+- name: $user
+  user:
+    client-certificate: $pki/$name.crt
+    client-key: $pki/$name.key
+contexts:
+- name: xw-local
+  context:
+    cluster: xw-local
+    user: $user
+    namespace: default
+current-context: xw-local
+EOF
+  chmod 600 "$file.tmp"; mv "$file.tmp" "$file"
+}
+
+write_audit_policy() {
+  # Metadata level for every write verb; reads and the (very chatty) Lease renewals are not logged.
+  cat > "$STATE/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: None
+  resources:
+  - group: coordination.k8s.io
+    resources: ["leases"]
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+EOF
+}
+
+start_component() { # name args...
+  local name="$1"; shift
+  # stdin/stdout/stderr detached so callers capturing our output (pytest, make | tee) never wait on them;
+  # setsid so a Ctrl-C in the calling terminal does not kill the cluster.
+  setsid "$BIN_DIR/$name" "$@" < /dev/null >> "$STATE/logs/$name.log" 2>&1 &
+  echo $! > "$STATE/pids/$name.pid"
+  log "started $name (pid $!)"
+}
+
+wait_for() { # description timeout-seconds command...
+  local what="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if (( SECONDS >= deadline )); then log "timed out after ${timeout}s waiting for $what"; return 1; fi
+    local c; for c in "${COMPONENTS[@]}"; do
+      if [[ -f "$STATE/pids/$c.pid" ]] && ! live_pid "$c" >/dev/null; then
+        log "$c exited; last log lines ($STATE/logs/$c.log):"; tail -n 20 "$STATE/logs/$c.log" >&2 || true
+        return 1
+      fi
+    done
+    sleep 0.5
+  done
+}
+
+all_running() {
+  local c
+  for c in "${COMPONENTS[@]}"; do live_pid "$c" >/dev/null || return 1; done
+  kctl get --raw /readyz >/dev/null 2>&1
+}
+
+nodes_ready() {
+  local n
+  n="$(kctl get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$')"
+  [[ "$n" -ge "$(grep -c '^kind: Node' "$HERE/cluster/kwok-nodes.yaml")" ]]
+}
+
+cmd_up() {
+  local t0=$SECONDS
+  stamp_matches || cmd_build
+  mkdir -p "$STATE"/{pids,logs}
+  exec 9> "$STATE/lock"
+  flock -w 120 9 || die "another 'cluster.sh up/down' holds $STATE/lock"
+  if all_running; then
+    log "cluster already up ($STATE)"
+    print_env
+    return 0
+  fi
+  if ls "$STATE"/pids/*.pid >/dev/null 2>&1; then
+    log "partial cluster found (some recorded processes are dead); stopping it first"
+    stop_all
+  fi
+  local p
+  for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT"; do
+    port_in_use "$p" && die "port 127.0.0.1:$p is already in use; free it or override XW_*_PORT (see hack/cluster.sh header)"
+  done
+  gen_pki
+  write_kubeconfig "$KUBECONFIG_PATH" admin xw-admin
+  write_kubeconfig "$STATE/kube-controller-manager.kubeconfig" kube-controller-manager system:kube-controller-manager
+  write_kubeconfig "$STATE/kube-scheduler.kubeconfig" kube-scheduler system:kube-scheduler
+  write_kubeconfig "$STATE/kwok.kubeconfig" kwok kwok-controller
+  write_audit_policy
+  rm -rf "$STATE/etcd"
+  local pki="$STATE/pki"
+
+  start_component etcd --name xw --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "xw=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
+  wait_for etcd 20 curl -sf "http://127.0.0.1:$ETCD_PORT/health" || { stop_all; die "etcd did not start"; }
+
+  start_component kube-apiserver \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --cert-dir "$pki" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --authorization-mode RBAC \
+    --allow-privileged=true \
+    --endpoint-reconciler-type none \
+    --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$AUDIT_LOG" \
+    --audit-log-maxsize 200 --audit-log-maxbackup 1 --audit-log-mode blocking \
+    --v 1
+  wait_for "kube-apiserver /readyz" 60 kctl get --raw /readyz || { stop_all; die "kube-apiserver did not become ready"; }
+  log "kube-apiserver ready ($((SECONDS - t0))s)"
+
+  start_component kube-controller-manager \
+    --kubeconfig "$STATE/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/kube-controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$STATE/kcm-certs" \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+    --use-service-account-credentials=true --service-cluster-ip-range "$SERVICE_CIDR" \
+    --leader-elect=false --controllers '*' --v 1
+  start_component kube-scheduler \
+    --kubeconfig "$STATE/kube-scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/kube-scheduler.kubeconfig" \
+    --authorization-kubeconfig "$STATE/kube-scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --cert-dir "$STATE/scheduler-certs" \
+    --leader-elect=false --v 1
+  start_component kwok \
+    --kubeconfig "$STATE/kwok.kubeconfig" --config "$HERE/cluster/kwok-stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --cidr 10.244.0.1/16 --node-ip 10.0.0.1 --node-lease-duration-seconds 40 \
+    --server-address "127.0.0.1:$KWOK_PORT"
+
+  kctl apply -f "$HERE/cluster/kwok-nodes.yaml" >/dev/null || { stop_all; die "could not create kwok nodes"; }
+  wait_for "kwok nodes Ready" 60 nodes_ready || { stop_all; die "kwok nodes did not become Ready"; }
+  wait_for "default ServiceAccount" 60 kctl get serviceaccount default -n default || { stop_all; die "no default ServiceAccount"; }
+  log "cluster up in $((SECONDS - t0))s; state $STATE; audit log $AUDIT_LOG"
+  print_env
+}
+
+stop_all() {
+  local c pid pids=() i
+  # reverse start order: kwok and controllers first, etcd last
+  for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
+    c="${COMPONENTS[$i]}"
+    if pid="$(live_pid "$c")"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid:$c")
+      if [[ "$c" == kube-apiserver ]]; then :; fi
+    fi
+  done
+  local deadline=$((SECONDS + 10)) entry left
+  while :; do
+    left=0
+    for entry in "${pids[@]}"; do [[ -d "/proc/${entry%%:*}" ]] && left=1; done
+    (( left == 0 || SECONDS >= deadline )) && break
+    sleep 0.2
+  done
+  for entry in "${pids[@]}"; do
+    if [[ -d "/proc/${entry%%:*}" ]]; then
+      log "${entry#*:} (pid ${entry%%:*}) ignored SIGTERM; sending SIGKILL"
+      kill -KILL "${entry%%:*}" 2>/dev/null || true
+    fi
+  done
+  for entry in "${pids[@]}"; do
+    while [[ -d "/proc/${entry%%:*}" ]] && ! grep -q '^State:.*Z' "/proc/${entry%%:*}/status" 2>/dev/null; do sleep 0.1; done
+    log "stopped ${entry#*:} (pid ${entry%%:*})"
+  done
+  rm -f "$STATE"/pids/*.pid
+  rm -rf "$STATE/etcd"
+}
+
+cmd_down() {
+  if [[ ! -d "$STATE" ]]; then log "nothing to stop ($STATE does not exist)"; return 0; fi
+  mkdir -p "$STATE/pids"
+  exec 9> "$STATE/lock"
+  flock -w 120 9 || die "another 'cluster.sh up/down' holds $STATE/lock"
+  stop_all
+  log "cluster down ($STATE)"
+}
+
+cmd_status() {
+  local c pid
+  for c in "${COMPONENTS[@]}"; do
+    if pid="$(live_pid "$c")"; then echo "$c running (pid $pid)"; else echo "$c stopped"; fi
+  done
+}
+
+# ---------------------------------------------------------------------------------------------- main
+
+case "${1:-}" in
+  build) cmd_build ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  env) print_env ;;
+  status) cmd_status ;;
+  bin-dir) echo "$BIN_DIR" ;;
+  audit-log-path) echo "$AUDIT_LOG" ;;
+  *) echo "usage: $0 build|up|down|env|status|audit-log-path|bin-dir" >&2; exit 2 ;;
+esac

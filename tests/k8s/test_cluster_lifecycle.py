@@ -1,0 +1,77 @@
+"""hack/cluster.sh up && down, twice, on a separate state dir and ports: every start works, `up` on a
+running cluster is a no-op, and `down` leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+CLUSTER_SH = Path(__file__).resolve().parents[2] / "hack" / "cluster.sh"
+
+PORTS = {
+    "XW_ETCD_PORT": "12479",
+    "XW_ETCD_PEER_PORT": "12480",
+    "XW_APISERVER_PORT": "16543",
+    "XW_KCM_PORT": "16357",
+    "XW_SCHEDULER_PORT": "16359",
+    "XW_KWOK_PORT": "16180",
+}
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and "pytest" not in cmd:
+            found.append(f"{pid} {cmd}")
+    return found
+
+
+def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_up_down_twice_leaves_no_process(cluster, tmp_path):
+    bin_dir = Path(run(dict(os.environ), "bin-dir").stdout.strip())
+    if not (bin_dir / "kube-apiserver").exists():
+        pytest.skip("local cluster binaries not built (make cluster-binaries)")
+    state = tmp_path / "state"
+    env = dict(os.environ, XW_CLUSTER_DIR=str(state), **PORTS)
+    env.pop("KUBECONFIG", None)
+    try:
+        for round_ in (1, 2):
+            t0 = time.monotonic()
+            up = run(env, "up")
+            took = time.monotonic() - t0
+            assert up.returncode == 0, up.stderr[-3000:]
+            lines = up.stdout.strip().splitlines()
+            assert lines[-2] == f"export KUBECONFIG={state}/kubeconfig", lines
+            assert lines[-1].startswith(f"export PATH={bin_dir}:"), lines
+            assert took < 30, f"round {round_}: up took {took:.1f}s"
+            assert processes_mentioning(str(state)), "no cluster process found after up"
+
+            again = run(env, "up")
+            assert again.returncode == 0, again.stderr[-3000:]
+            assert again.stdout == up.stdout
+            assert "already up" in again.stderr
+
+            down = run(env, "down")
+            assert down.returncode == 0, down.stderr[-3000:]
+            assert processes_mentioning(str(state)) == []
+            assert not (state / "etcd").exists()
+            assert list((state / "pids").glob("*.pid")) == []
+        # down when nothing runs is safe
+        assert run(env, "down").returncode == 0
+    finally:
+        run(env, "down")
