@@ -1,0 +1,146 @@
+"""The ``xw`` command line. Thin: parse options, call pure functions or a backend, print.
+
+Exit codes: 0 success; 2 bad input (one clear line on stderr, nothing on stdout); 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+from xw_operator import __version__
+from xw_operator.devices import DevicesConfig, default_devices_config_path, load_devices_config
+from xw_operator.errors import XwError
+from xw_operator.instance import ModelInstance, load_instances
+from xw_operator.plan import Plan, resolve
+from xw_operator.render_docker import render_docker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_BAD_INPUT = 2
+EXIT_RUNTIME = 1
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Map XwError to exit 2 with its one-line message; nothing else is printed on stdout."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except XwError as exc:
+            fail(" ".join(str(exc).split("\n")), EXIT_BAD_INPUT)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def devices_config_option(func: F) -> F:
+    return click.option(
+        "--devices-config",
+        "devices_config",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="devices.yaml to use (default: $XW_DEVICES_CONFIG, else the shipped configs/devices.yaml).",
+    )(func)
+
+
+def load_config(path: str | None) -> DevicesConfig:
+    return load_devices_config(default_devices_config_path(path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xw")
+def main() -> None:
+    """xw: run LLM inference engines on any AI accelerator, on Kubernetes or one Docker host."""
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    doc = asdict(plan)
+    doc["env"] = dict(plan.env)
+    doc["device_nodes"] = [str(d) for d in plan.device_nodes]
+    doc["volumes"] = [str(v) for v in plan.volumes]
+    doc["kubernetes"] = plan.kubernetes.model_dump() if plan.kubernetes else None
+    # Tuples → lists so the YAML is plain.
+    return dict(json.loads(json.dumps(doc)))
+
+
+def resolve_for(instance: ModelInstance, config: DevicesConfig, arch: str | None) -> Plan:
+    """resolve() with the instance named in the error, since a file may hold several."""
+    try:
+        return resolve(instance, config, arch=arch)
+    except XwError as exc:
+        raise type(exc)(f"ModelInstance {instance.name}: {exc}") from None
+
+
+def render_instance_kubernetes(
+    instance: ModelInstance, config: DevicesConfig, arch: str | None
+) -> list[dict[str, Any]]:
+    plan = resolve_for(instance, config, arch)
+    return [{"kind": "Plan", **plan_document(plan)}]
+
+
+def render_instance_docker(
+    instance: ModelInstance, config: DevicesConfig, arch: str | None, server_name: str
+) -> dict[str, Any]:
+    plan = resolve_for(instance, config, arch)
+    host_path = instance.spec.model.source.host_path
+    if instance.spec.model.source.pvc is not None:
+        raise XwError(f"ModelInstance {instance.name}: a pvc model source exists only on Kubernetes; use hostPath")
+    return render_docker(plan, server_name=server_name, host_port=instance.spec.port, model_host_path=host_path)
+
+
+@main.command()
+@click.option(
+    "-f", "--filename", "filename", required=True, type=click.Path(dir_okay=False), help="ModelInstance YAML."
+)
+@devices_config_option
+@click.option(
+    "--arch",
+    type=click.Choice(["amd64", "arm64"]),
+    default=None,
+    help="CPU architecture of the target nodes (default: the one the chip has an image for).",
+)
+@click.option("--backend", type=click.Choice(["kubernetes", "docker"]), default="kubernetes", show_default=True)
+@click.option(
+    "--server-name",
+    default="render",
+    show_default=True,
+    help="Docker backend: the host's server name used in container names and labels.",
+)
+@handle_errors
+def render(filename: str, devices_config: str | None, arch: str | None, backend: str, server_name: str) -> None:
+    """Print what FILE's ModelInstances become, without touching a cluster or a host.
+
+    Kubernetes: multi-document YAML of the objects. Docker: a JSON list of container-create parameters;
+    device indices come from spec.devices.indices or the topology-best set of an empty host.
+    """
+    config = load_config(devices_config)
+    instances = load_instances(filename)
+    if backend == "docker":
+        out = [render_instance_docker(i, config, arch, server_name) for i in instances]
+        click.echo(json.dumps(out, indent=2))
+        return
+    objects = [obj for i in instances for obj in render_instance_kubernetes(i, config, arch)]
+    click.echo(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False), nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,75 @@
+"""Plan → Docker container-create parameters. Pure; the Docker runtime passes them to the SDK.
+
+Label keys are the seed system's (contract) so containers it created remain recognisable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xw_operator.plan import Plan
+
+LABEL_RUNTIME = "xw.runtime"
+LABEL_MODEL_ID = "xw.model_id"
+LABEL_ALIAS = "xw.alias"
+LABEL_INSTANCE_ID = "xw.instance_id"
+LABEL_BACKEND_TYPE = "xw.backend_type"
+LABEL_DEPLOYMENT_MODE = "xw.deployment_mode"
+LABEL_DEVICE_INDICES = "xw.device_indices"
+LABEL_SERVER_NAME = "xw.server_name"
+LABEL_CHIP = "xw.chip"  # ours: indices are per chip type, so the type must be on the container too
+LABEL_HOST_PORT = "xw.host_port"  # ours: the reserved port, readable without inspecting bindings
+DEPLOYMENT_MODE = "docker"
+LOOPBACK = "127.0.0.1"
+
+
+def container_name(instance: str, server_name: str) -> str:
+    return f"{instance}-{server_name}"
+
+
+def docker_labels(plan: Plan, *, server_name: str, host_port: int) -> dict[str, str]:
+    return {
+        LABEL_RUNTIME: f"{plan.engine}-docker",
+        LABEL_MODEL_ID: plan.served_model_name,
+        LABEL_ALIAS: plan.name,
+        LABEL_INSTANCE_ID: plan.name,
+        LABEL_BACKEND_TYPE: plan.engine,
+        LABEL_DEPLOYMENT_MODE: DEPLOYMENT_MODE,
+        LABEL_DEVICE_INDICES: ",".join(str(i) for i in plan.device_indices),
+        LABEL_SERVER_NAME: server_name,
+        LABEL_CHIP: plan.chip,
+        LABEL_HOST_PORT: str(host_port),
+    }
+
+
+def render_docker(
+    plan: Plan, *, server_name: str, host_port: int, model_host_path: str | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``docker.containers.create`` (JSON-friendly: lists, not tuples).
+
+    ``model_host_path`` is the hostPath source to bind read-only at the engine's model path; Docker
+    mode has no PVCs, so the runtime refuses those before calling this.
+    """
+    volumes = [str(v) for v in plan.volumes]
+    if model_host_path:
+        volumes.insert(0, f"{model_host_path}:{plan.model_path}:ro")
+    params: dict[str, Any] = {
+        "name": container_name(plan.name, server_name),
+        "image": plan.image,
+        # Like Kubernetes' command/args: an engine with an explicit command replaces the image's
+        # ENTRYPOINT (images differ in theirs); otherwise the image's own entrypoint gets the args.
+        "entrypoint": list(plan.command) if plan.command else None,
+        "command": list(plan.args) or None,
+        "environment": dict(plan.env),
+        "devices": [str(d) for d in plan.device_nodes],
+        "volumes": volumes,
+        "privileged": plan.privileged,
+        "cap_add": list(plan.capabilities),
+        "shm_size": plan.shm_bytes,
+        "runtime": plan.runtime,
+        "labels": docker_labels(plan, server_name=server_name, host_port=host_port),
+        "ports": {f"{plan.container_port}/tcp": [LOOPBACK, host_port]},
+        "restart_policy": {"Name": "unless-stopped"},
+        "init": True,
+    }
+    return params
