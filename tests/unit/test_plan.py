@@ -47,7 +47,7 @@ def test_indices_beyond_the_chip_are_refused(shipped_config: DevicesConfig, make
 
 
 def test_count_above_capacity_is_refused(shipped_config: DevicesConfig, make_instance: Any) -> None:
-    with pytest.raises(ResolveError, match="spec.devices.count is 9 but chip ascend-910b has 8 devices per host"):
+    with pytest.raises(ResolveError, match=r"spec\.devices\.count is 9 but chip ascend-910b has 8 devices per host"):
         resolve(make_instance("ascend-910b", 9), shipped_config)
 
 
@@ -116,5 +116,5 @@ def test_code_sandbox_plan(shipped_config: DevicesConfig, make_instance: Any) ->
 
 
 def test_code_sandbox_without_image_says_how_to_fix(shipped_config: DevicesConfig, make_instance: Any) -> None:
-    with pytest.raises(ResolveError, match="set spec.engine.image"):
+    with pytest.raises(ResolveError, match=r"set spec\.engine\.image"):
         resolve(make_instance("cambricon-mlu370", 1), shipped_config)
