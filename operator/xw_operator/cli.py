@@ -142,5 +142,11 @@ def render(filename: str, devices_config: str | None, arch: str | None, backend:
     click.echo(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False), nl=False)
 
 
+from xw_operator.docker_mode.cli import COMMANDS as DOCKER_COMMANDS  # noqa: E402  (Docker mode: run, ps, ...)
+
+for _command in DOCKER_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # Stand-in inference engine for xw-operator's Docker-mode tests (FROM scratch + static busybox).
 #
-# Accepts vLLM-style arguments, e.g. `vllm serve /models/x --served-model-name NAME --port 8000 ...`
+# Installed as /entrypoint.sh and as /bin/vllm. Accepts vLLM-style arguments, e.g. `vllm serve /models/x --served-model-name NAME --port 8000 ...`
 # (a leading "vllm" / "serve" and anything it does not know are ignored), or the env var XW_TEST_MODEL_NAME.
 # Served name precedence: --served-model-name, then XW_TEST_MODEL_NAME, then the model path argument,
 # then "stand-in". Behaviour comes from XW_TEST_MODE (baked into each image tag):

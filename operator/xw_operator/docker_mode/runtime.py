@@ -1,0 +1,437 @@
+"""The Docker-mode runtime: ModelInstances as containers on this host, through the Docker SDK.
+
+State lives in Docker. Every call lists the containers labelled with this host's server name and derives
+instances, held devices and reserved ports from their labels, so a restarted CLI or Docker daemon loses
+nothing and a container removed by hand simply disappears. The state directory holds only what Docker
+cannot: the server name, the host lock and "stopped on purpose" markers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from docker.models.containers import Container
+
+import docker
+from xw_operator.devices import DevicesConfig
+from xw_operator.errors import XwError
+from xw_operator.instance import ModelInstance
+from xw_operator.plan import Plan, resolve
+from xw_operator.render_docker import (
+    LABEL_CHIP,
+    LABEL_DEPLOYMENT_MODE,
+    LABEL_DEVICE_INDICES,
+    LABEL_HOST_PORT,
+    LABEL_INSTANCE_ID,
+    LABEL_MODEL_ID,
+    LABEL_SERVER_NAME,
+    LOOPBACK,
+    container_name,
+    render_docker,
+)
+
+from . import state
+from .allocation import (
+    Holding,
+    choose_indices,
+    choose_port,
+    find_group,
+    holding_from_labels,
+    parse_indices,
+    parse_port_range,
+    used_indices,
+)
+from .errors import NotFound, RuntimeFailure
+from .status import CREATED, EXITED, READY, STOPPED, Status, classify, probe
+from .sysfs import ChipGroup, discover
+
+Printer = Callable[[str], None]
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return _ARCH.get(machine, machine)
+
+
+def port_is_bindable(port: int, host: str = LOOPBACK) -> bool:
+    """True when nothing listens on host:port (also catches non-Docker processes and running containers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """An instance as Docker reports it (read from one container's labels and state)."""
+
+    name: str
+    container_name: str
+    container_id: str
+    chip: str
+    device_indices: tuple[int, ...]
+    host_port: int | None
+    served_name: str
+    image: str
+    docker_state: dict[str, Any]
+    restart_count: int
+    created: str
+
+    @property
+    def endpoint(self) -> str | None:
+        return f"http://{LOOPBACK}:{self.host_port}/v1" if self.host_port else None
+
+
+def _info(container: Container) -> InstanceInfo:
+    attrs = container.attrs
+    labels = attrs.get("Config", {}).get("Labels") or {}
+    port = labels.get(LABEL_HOST_PORT, "")
+    return InstanceInfo(
+        name=labels.get(LABEL_INSTANCE_ID, container.name),
+        container_name=container.name,
+        container_id=container.id,
+        chip=labels.get(LABEL_CHIP, ""),
+        device_indices=parse_indices(labels.get(LABEL_DEVICE_INDICES)),
+        host_port=int(port) if port.isdigit() else None,
+        served_name=labels.get(LABEL_MODEL_ID, ""),
+        image=attrs.get("Config", {}).get("Image", ""),
+        docker_state=attrs.get("State", {}),
+        restart_count=int(attrs.get("RestartCount") or 0),
+        created=attrs.get("Created", ""),
+    )
+
+
+def _docker_reason(exc: Exception) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return str(exc)
+
+
+class DockerRuntime:
+    def __init__(
+        self,
+        config: DevicesConfig,
+        *,
+        client: docker.DockerClient | None = None,
+        state_dir: Path | None = None,
+        sysfs_root: Path | None = None,
+        port_range: tuple[int, int] | None = None,
+        arch: str | None = None,
+        out: Printer = print,
+    ) -> None:
+        self.config = config
+        try:
+            self.client = client or docker.from_env()
+            self.client.ping()
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure(
+                "connecting to Docker",
+                f"{exc} (is the engine running? `bash hack/docker.sh up` starts one)",
+            ) from None
+        self.state_dir = state_dir or state.state_dir()
+        self.server_name = state.server_name(self.state_dir)
+        self.sysfs_root = sysfs_root
+        self.port_range = port_range or parse_port_range(os.environ.get("XW_PORT_RANGE"))
+        self.arch = arch or host_arch()
+        self.out = out
+
+    # ------------------------------------------------------------------------------------------ queries
+
+    def _containers(self, server_name: str | None = None) -> list[Container]:
+        label = [f"{LABEL_DEPLOYMENT_MODE}=docker"]
+        if server_name is not None:
+            label.append(f"{LABEL_SERVER_NAME}={server_name}")
+        result: list[Container] = self.client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+        return result
+
+    def list_instances(self) -> list[InstanceInfo]:
+        infos = [_info(c) for c in self._containers(self.server_name)]
+        state.prune_stopped(self.state_dir, {i.container_id for i in infos})
+        return sorted(infos, key=lambda i: i.name)
+
+    def _container(self, name: str) -> Container:
+        try:
+            container: Container = self.client.containers.get(container_name(name, self.server_name))
+        except docker.errors.NotFound:
+            raise NotFound(name, self.server_name) from None
+        return container
+
+    def get(self, name: str) -> InstanceInfo:
+        return _info(self._container(name))
+
+    def status(self, info: InstanceInfo, *, probe_timeout: float = 2.0) -> Status:
+        running = info.docker_state.get("Status") == "running"
+        result = probe(LOOPBACK, info.host_port, probe_timeout) if running and info.host_port else None
+        last = self._last_exit_code(info) if running and info.restart_count else None
+        return classify(
+            info.docker_state,
+            stopped_on_purpose=info.container_id in state.stopped_ids(self.state_dir),
+            probe=result,
+            served_name=info.served_name,
+            restart_count=info.restart_count,
+            last_exit_code=last,
+        )
+
+    def _last_exit_code(self, info: InstanceInfo) -> int | None:
+        """The exit code of the container's latest ``die`` event (Docker resets State.ExitCode on restart)."""
+        try:
+            events = self.client.api.events(
+                since=_created_epoch(info.created),
+                until=int(time.time()) + 1,
+                filters={"container": info.container_id, "event": "die"},
+                decode=True,
+            )
+            code = None
+            for event in events:
+                value = event.get("Actor", {}).get("Attributes", {}).get("exitCode")
+                if value is not None and str(value).lstrip("-").isdigit():
+                    code = int(value)
+            return code
+        except docker.errors.DockerException:
+            return None
+
+    def holdings(self) -> list[Holding]:
+        return [holding_from_labels(c.labels, self.config) for c in self._containers(self.server_name)]
+
+    def devices(self) -> tuple[list[ChipGroup], list[Holding]]:
+        return discover(self.config, self.sysfs_root), self.holdings()
+
+    # ----------------------------------------------------------------------------------------- actions
+
+    def ensure_image(self, image: str) -> None:
+        """A local image is used as is; otherwise it is pulled, with progress on ``out``."""
+        try:
+            self.client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure("image lookup", f"{image}: {_docker_reason(exc)}") from None
+        self.out(f"pulling {image} (not present locally)")
+        repo, tag = _split_image(image)
+        last: dict[str, str] = {}
+        try:
+            for event in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise RuntimeFailure("image pull", f"{image}: {event['error']}")
+                layer, status = event.get("id", ""), event.get("status", "")
+                if status and last.get(layer) != status:  # one line per layer and phase, not per byte
+                    last[layer] = status
+                    self.out(f"  {layer + ': ' if layer else ''}{status}")
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure(
+                "image pull",
+                f"{image} is not present locally and could not be pulled: {_docker_reason(exc)}",
+            ) from None
+
+    def prepare(self, instance: ModelInstance) -> Plan:
+        """Checks that need no lock: the instance resolves for this host and its model source works here."""
+        source = instance.spec.model.source
+        if source.pvc is not None:
+            raise XwError(
+                f"ModelInstance {instance.name}: spec.model.source.pvc is Kubernetes-only; "
+                "use hostPath or huggingFace in Docker mode"
+            )
+        if source.host_path is not None and not Path(source.host_path).is_dir():
+            raise XwError(
+                f"ModelInstance {instance.name}: spec.model.source.hostPath {source.host_path} "
+                "is not a directory on this host"
+            )
+        return resolve(instance, self.config, arch=self.arch)
+
+    def create(self, instance: ModelInstance) -> InstanceInfo:
+        """Pull if needed, then under the host lock: allocate devices and a port, create the container.
+
+        The container carries its devices and port in labels from the moment it exists, so the lock can
+        be released right after creation. Any failure removes what was made.
+        """
+        self.ensure_image(self.prepare(instance).image)
+        name = container_name(instance.name, self.server_name)
+        with state.host_lock(self.state_dir):
+            try:
+                existing: Container = self.client.containers.get(name)
+                raise RuntimeFailure(
+                    "create",
+                    f"instance {instance.name} already exists (container {name}, {existing.status}); "
+                    f"`xw rm {instance.name}` first",
+                )
+            except docker.errors.NotFound:
+                pass
+            plan, host_port = self._allocate(instance)
+            params = render_docker(
+                plan,
+                server_name=self.server_name,
+                host_port=host_port,
+                model_host_path=instance.spec.model.source.host_path,
+            )
+            params = _sdk_params(params)
+            try:
+                container: Container = self.client.containers.create(**params)
+            except docker.errors.DockerException as exc:
+                self._remove_quietly(name)
+                raise RuntimeFailure("create container", f"{name}: {_docker_reason(exc)}") from None
+            except BaseException:
+                self._remove_quietly(name)
+                raise
+        container.reload()
+        return _info(container)
+
+    def _allocate(self, instance: ModelInstance) -> tuple[Plan, int]:
+        """Devices and a host port for the instance; call with the host lock held."""
+        holdings = self.holdings()
+        group = find_group(discover(self.config, self.sysfs_root), instance.spec.devices.chip, self.config)
+        used = used_indices(holdings, group.chip_key)
+        indices = choose_indices(group, instance.spec.devices.count, used, instance.spec.devices.indices)
+        # Ports are host-wide: every xw container on this engine, whatever its server name, reserves one.
+        reserved = {
+            h.host_port: h.instance
+            for h in (holding_from_labels(c.labels, self.config) for c in self._containers())
+            if h.host_port
+        }
+        requested = instance.spec.port if "port" in instance.spec.model_fields_set else None
+        port = choose_port(requested, reserved, port_is_bindable, self.port_range)
+        return resolve(instance, self.config, arch=self.arch, device_indices=indices), port
+
+    def _remove_quietly(self, name_or_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            try:
+                self.client.api.remove_container(name_or_id, force=True)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 404:
+                    self.out(f"warning: could not remove {name_or_id}: {_docker_reason(exc)}")
+
+    def start(self, name: str, *, remove_on_failure: bool = False) -> InstanceInfo:
+        container = self._container(name)
+        state.clear_stopped(self.state_dir, container.id)
+        try:
+            container.start()
+        except docker.errors.DockerException as exc:
+            if remove_on_failure:
+                self._remove_quietly(container.id)
+            raise RuntimeFailure("start container", f"{container.name}: {_docker_reason(exc)}") from None
+        container.reload()
+        return _info(container)
+
+    def stop(self, name: str, *, timeout: int = 30) -> InstanceInfo:
+        container = self._container(name)
+        # Intent first: if the CLI dies mid-stop, the instance still reads as stopped, not exited.
+        state.mark_stopped(self.state_dir, container.id)
+        try:
+            container.stop(timeout=timeout)
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure("stop container", f"{container.name}: {_docker_reason(exc)}") from None
+        container.reload()
+        return _info(container)
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        container = self._container(name)
+        if container.status in ("running", "restarting") and not force:
+            raise RuntimeFailure(
+                "remove", f"instance {name} is {container.status}; `xw stop {name}` first or use --force"
+            )
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure("remove container", f"{container.name}: {_docker_reason(exc)}") from None
+        state.clear_stopped(self.state_dir, container.id)
+
+    def logs(self, name: str, *, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
+        container = self._container(name)
+        kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "tail": tail if tail is not None else "all"}
+        if follow:
+            stream: Iterator[bytes] = container.logs(stream=True, follow=True, **kwargs)
+            yield from stream
+        else:
+            yield container.logs(**kwargs)
+
+    def wait_ready(self, name: str, *, timeout: float, interval: float = 0.5) -> Status:
+        """Poll until ready; fail early when the engine exits (or Docker restarts it), else at the deadline."""
+        deadline = time.monotonic() + timeout
+        last: Status | None = None
+        while True:
+            info = self.get(name)
+            current = self.status(info, probe_timeout=min(2.0, max(0.2, deadline - time.monotonic())))
+            if current.state == READY:
+                return current
+            if current != last:
+                self.out(f"{name}: {current}")
+                last = current
+            if current.state in (EXITED, STOPPED, CREATED) or info.restart_count > 0:
+                code = current.exit_code if current.exit_code is not None else self._last_exit_code(info)
+                raise RuntimeFailure(
+                    "waiting for readiness",
+                    f"{name}: the engine exited"
+                    + (f" with code {code}" if code is not None else "")
+                    + f" ({current}); last log lines:\n{self._tail(name)}",
+                )
+            if time.monotonic() >= deadline:
+                raise RuntimeFailure(
+                    "waiting for readiness",
+                    f"{name} not ready within {timeout:g}s: {current}; see `xw logs {name}`",
+                )
+            time.sleep(interval)
+
+    def _tail(self, name: str, lines: int = 10) -> str:
+        try:
+            return b"".join(self.logs(name, tail=lines)).decode(errors="replace").rstrip()
+        except RuntimeFailure:
+            return "(no logs)"
+
+    def run(
+        self, instance: ModelInstance, *, wait: bool = True, timeout: float = 600
+    ) -> tuple[InstanceInfo, Status | None]:
+        """create + start (+ wait): a failed start removes the container it just made."""
+        info = self.create(instance)
+        info = self.start(instance.name, remove_on_failure=True)
+        if not wait:
+            return info, None
+        return info, self.wait_ready(instance.name, timeout=timeout)
+
+
+def _created_epoch(created: str) -> int:
+    """Docker's ``Created`` (RFC 3339, nanoseconds) as epoch seconds, for the events ``since`` filter."""
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(created[:19] + "+00:00").timestamp())
+    except ValueError:
+        return 0
+
+
+def _split_image(image: str) -> tuple[str, str | None]:
+    if "@" in image:
+        return image, None
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = image.rsplit(":", 1)
+        return repo, tag
+    return image, "latest"
+
+
+def _sdk_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Adapt render_docker's JSON-friendly output to the SDK: a port binding must be an (ip, port) tuple
+    (a list means "several bindings" to the SDK), and None entrypoint/command mean "image default"."""
+    out = dict(params)
+    out["ports"] = {
+        k: tuple(v) if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) else v
+        for k, v in (params.get("ports") or {}).items()
+    }
+    for key in ("entrypoint", "command"):
+        if out.get(key) is None:
+            out.pop(key, None)
+    return out
