@@ -17,11 +17,13 @@ import click
 import yaml
 
 from xw_operator import __version__
+from xw_operator.crd import crd_yaml
 from xw_operator.devices import DevicesConfig, default_devices_config_path, load_devices_config
 from xw_operator.errors import XwError
 from xw_operator.instance import ModelInstance, load_instances
 from xw_operator.plan import Plan, resolve
 from xw_operator.render_docker import render_docker
+from xw_operator.render_kubernetes import render_kubernetes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,8 +95,12 @@ def resolve_for(instance: ModelInstance, config: DevicesConfig, arch: str | None
 def render_instance_kubernetes(
     instance: ModelInstance, config: DevicesConfig, arch: str | None
 ) -> list[dict[str, Any]]:
+    """The Deployment and Service of one instance (no owner reference: a file has no uid)."""
     plan = resolve_for(instance, config, arch)
-    return [{"kind": "Plan", **plan_document(plan)}]
+    try:
+        return render_kubernetes(instance, plan)
+    except XwError as exc:
+        raise type(exc)(f"ModelInstance {instance.name}: {exc}") from None
 
 
 def render_instance_docker(
@@ -142,10 +148,72 @@ def render(filename: str, devices_config: str | None, arch: str | None, backend:
     click.echo(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False), nl=False)
 
 
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file instead of stdout (e.g. crds/modelinstances.xw.dev.yaml).",
+)
+def crds(output: str | None) -> None:
+    """Print the ModelInstance CustomResourceDefinition, generated from the API models."""
+    text = crd_yaml()
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
+    click.echo(text, nl=False)
+
+
 from xw_operator.docker_mode.cli import COMMANDS as DOCKER_COMMANDS  # noqa: E402  (Docker mode: run, ps, ...)
 
 for _command in DOCKER_COMMANDS:
     main.add_command(_command)
+
+
+@main.command("operator")
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace to watch (repeatable).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Watch every namespace (the default without -n).")
+@devices_config_option
+@click.option(
+    "--devices-configmap",
+    default=None,
+    metavar="NAMESPACE/NAME",
+    help="Read devices.yaml (key devices.yaml) from this ConfigMap instead of a file; reloaded on change.",
+)
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8080/healthz",
+    show_default=True,
+    help="Liveness endpoint URL; an empty string disables it.",
+)
+@click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@handle_errors
+def operator_command(
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    devices_config: str | None,
+    devices_configmap: str | None,
+    liveness: str,
+    json_logs: bool,
+    verbose: bool,
+) -> None:
+    """Run the Kubernetes operator: reconcile ModelInstances into Deployments and Services."""
+    if namespaces and all_namespaces:
+        raise XwError("give --namespace or --all-namespaces, not both")
+    from xw_operator.k8s.runner import run_operator  # kopf is heavy; only this command needs it
+
+    run_operator(
+        namespaces=namespaces,
+        all_namespaces=all_namespaces,
+        devices_config=devices_config,
+        devices_configmap=devices_configmap,
+        liveness=liveness,
+        json_logs=json_logs,
+        verbose=verbose,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,16 +3,23 @@
 A ModelInstance author picks a chip profile *by name* and a device count. There is deliberately no field
 for host paths (other than the model source), device nodes, privilege or capabilities: those come only
 from devices.yaml, which cluster administrators control.
+
+These models are the single source of the CRD (:mod:`xw_operator.crd` generates its schema from them), so
+field descriptions are written for ``kubectl explain`` and every cross-field rule enforced here in Python
+is mirrored by a CEL rule (``x-kubernetes-validations``) with the same message, which the API server
+enforces before the operator ever sees the object.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from xw_operator.errors import ManifestError
 from xw_operator.validation import describe
@@ -22,9 +29,44 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelInstance"
 PLURAL = "modelinstances"
+SINGULAR = "modelinstance"
+SHORT_NAMES = ("mi",)
 CHIP_NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# DNS-1035: the instance name becomes a Service name, which must start with a letter.
+DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+# Kubernetes' resource.Quantity syntax (e.g. 500m, 16Gi, 1.5).
+QUANTITY_PATTERN = (
+    r"^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+MAX_DEVICES = 1024
+
+# Messages shared by the Python validators and the CRD's CEL rules, so both paths say the same thing.
+MSG_ONE_SOURCE = "exactly one of hostPath, pvc, huggingFace must be set"
+MSG_INDICES_COUNT = "indices must have exactly count entries"
+MSG_NO_BACKTRACK = "must not contain a '..' path element"
+MSG_SUBPATH_RELATIVE = "must be a relative path without '..' elements"
+MSG_RESOURCE_KEYS = (
+    "only cpu, memory, ephemeral-storage and hugepages-* may be set; accelerators come from spec.devices"
+)
+MSG_NAME = (
+    "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, "
+    "at most 63 characters): it names the Service"
+)
+
+_BACKTRACK_CEL = "!self.matches('(^|/)[.][.](/|$)')"
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    out: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+def _has_backtracking(path: str) -> bool:
+    return ".." in path.split("/")
 
 
 class ApiModel(BaseModel):
@@ -38,28 +80,85 @@ class ApiModel(BaseModel):
 
 
 class PvcSource(ApiModel):
-    claim_name: str = Field(min_length=1, description="Name of a PersistentVolumeClaim in the same namespace.")
-    sub_path: str | None = Field(None, description="Directory inside the volume that holds the model.")
+    """A PersistentVolumeClaim holding the weights; mounted read-only."""
+
+    claim_name: str = Field(
+        min_length=1, max_length=253, description="Name of a PersistentVolumeClaim in the same namespace."
+    )
+    sub_path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="Directory inside the volume that holds the model (relative, no '..').",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(f"!self.startsWith('/') && {_BACKTRACK_CEL}", f"subPath {MSG_SUBPATH_RELATIVE}")
+            ]
+        },
+    )
+
+    @field_validator("sub_path")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or _has_backtracking(value)):
+            raise ValueError(f"subPath {MSG_SUBPATH_RELATIVE}")
+        return value
+
+
+class SecretKeySelector(ApiModel):
+    """A key of a Secret in the instance's namespace; the value is never copied into the rendered objects."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name in the same namespace.")
+    key: str = Field("token", min_length=1, max_length=253, description="Key inside the Secret.")
 
 
 class HuggingFaceSource(ApiModel):
-    repo: str = Field(min_length=1, description="Hugging Face repository id, e.g. Qwen/Qwen3-8B.")
-    revision: str | None = Field(None, description="Branch, tag or commit; the repository default if unset.")
+    """The engine downloads the weights from Hugging Face when it starts."""
+
+    repo: str = Field(min_length=1, max_length=256, description="Hugging Face repository id, e.g. Qwen/Qwen3-8B.")
+    revision: str | None = Field(
+        None, min_length=1, max_length=256, description="Branch, tag or commit; the repository default if unset."
+    )
+    token_secret_ref: SecretKeySelector | None = Field(
+        None,
+        description="Secret key holding a Hugging Face token for gated repositories; passed to the engine "
+        "as HF_TOKEN (key defaults to 'token').",
+    )
 
 
 class ModelSource(ApiModel):
     """Where the weights come from. Exactly one of hostPath, pvc, huggingFace."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "[has(self.hostPath), has(self.pvc), has(self.huggingFace)].filter(x, x).size() == 1",
+                    MSG_ONE_SOURCE,
+                )
+            ]
+        }
+    )
+
     host_path: str | None = Field(
         None,
         pattern=r"^/",
+        max_length=4096,
         description="Absolute directory on the node holding the weights; mounted read-only. "
         "Administrators can disable this source.",
+        json_schema_extra={"x-kubernetes-validations": [_cel(_BACKTRACK_CEL, f"hostPath {MSG_NO_BACKTRACK}")]},
     )
     pvc: PvcSource | None = Field(None, description="A PersistentVolumeClaim holding the weights.")
     hugging_face: HuggingFaceSource | None = Field(
         None, description="Download from Hugging Face at start-up (the engine does the download)."
     )
+
+    @field_validator("host_path")
+    @classmethod
+    def _no_backtracking(cls, value: str | None) -> str | None:
+        if value is not None and _has_backtracking(value):
+            raise ValueError(f"hostPath {MSG_NO_BACKTRACK}")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -67,9 +166,7 @@ class ModelSource(ApiModel):
             n for n, v in (("hostPath", self.host_path), ("pvc", self.pvc), ("huggingFace", self.hugging_face)) if v
         ]
         if len(given) != 1:
-            raise ValueError(
-                f"exactly one of hostPath, pvc, huggingFace must be set (got {', '.join(given) or 'none'})"
-            )
+            raise ValueError(f"{MSG_ONE_SOURCE} (got {', '.join(given) or 'none'})")
         return self
 
     @property
@@ -80,46 +177,83 @@ class ModelSource(ApiModel):
 
 
 class ModelSpec(ApiModel):
+    """The model to serve: its public name and where its weights are."""
+
     name: str | None = Field(
-        None, min_length=1, description="Name clients ask for (vLLM's served model name). Default: metadata.name."
+        None,
+        min_length=1,
+        max_length=256,
+        description="Name clients ask for (vLLM's served model name). Default: metadata.name.",
     )
-    source: ModelSource = Field(description="Where the model weights come from.")
+    source: ModelSource = Field(description="Where the model weights come from; exactly one kind.")
 
 
 class EnvVar(ApiModel):
-    name: str = Field(pattern=ENV_NAME_PATTERN, description="Environment variable name.")
-    value: str = Field("", description="Value (a string).")
+    """One environment variable with a literal value (secrets go through apiKeySecretRef/tokenSecretRef)."""
+
+    name: str = Field(pattern=ENV_NAME_PATTERN, max_length=256, description="Environment variable name.")
+    value: str = Field("", description="Value (a string; YAML numbers must be quoted).")
 
 
 class EngineSpec(ApiModel):
+    """The inference engine and what is passed to it."""
+
     name: str = Field(
         "vllm",
         pattern=CHIP_NAME_PATTERN,
+        max_length=63,
         description="Inference engine: the key of an engine block in devices.yaml (vllm, mindie, ...).",
     )
-    image: str | None = Field(None, min_length=1, description="Override of the image devices.yaml configures.")
+    image: str | None = Field(
+        None, min_length=1, max_length=1024, description="Override of the image devices.yaml configures."
+    )
     args: list[str] = Field(
         default_factory=list,
-        description="Extra engine arguments, e.g. --max-model-len=8192. A flag given here replaces the "
-        "operator's default for the same flag.",
+        description="Extra engine arguments (strings), e.g. --max-model-len=8192. A flag given here replaces "
+        "the operator's default for the same flag. Passed literally: $(VAR) is not expanded.",
     )
     env: list[EnvVar] = Field(
         default_factory=list,
-        description="Extra environment. Overrides the chip profile's static environment; the "
-        "device-visibility variables are owned by the allocation and cannot be set here.",
+        description="Extra environment. Order of precedence: chip profile's static environment < engine "
+        "defaults < these < device-visibility variables, which belong to the allocation and are refused here.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [v.name for v in env]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"{', '.join(dups)} set more than once")
+        return env
 
 
 class DevicesSpec(ApiModel):
+    """Which accelerators each replica gets."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("!has(self.indices) || size(self.indices) == self.count", MSG_INDICES_COUNT, ".indices")
+            ]
+        }
+    )
+
     chip: str = Field(
         pattern=CHIP_NAME_PATTERN,
         max_length=63,
         description="Chip profile: a config_key or variant_key of devices.yaml, e.g. ascend-910b.",
     )
-    count: int = Field(1, ge=1, le=1024, description="Accelerators per replica; tensor parallel size defaults to it.")
+    count: int = Field(
+        1, ge=1, le=MAX_DEVICES, description="Accelerators per replica; tensor parallel size defaults to it."
+    )
     indices: list[int] | None = Field(
         None,
-        description="Docker mode only: the exact chip indices to use; their number must equal count.",
+        max_length=MAX_DEVICES,
+        description="Docker mode only: the exact chip indices to use (distinct, >= 0); their number must "
+        "equal count. Ignored on Kubernetes, where the device plugin chooses.",
+        json_schema_extra={"x-kubernetes-list-type": "set", "items": {"type": "integer", "minimum": 0}},
     )
 
     @model_validator(mode="after")
@@ -135,25 +269,84 @@ class DevicesSpec(ApiModel):
 
 
 class SecretKeyRef(ApiModel):
-    name: str = Field(min_length=1, description="Secret name in the same namespace.")
-    key: str = Field("api-key", min_length=1, description="Key inside the Secret.")
+    """The Secret key holding the API key clients must present."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name in the same namespace.")
+    key: str = Field("api-key", min_length=1, max_length=253, description="Key inside the Secret.")
 
 
 class ProbeSpec(ApiModel):
+    """Health probe tuning."""
+
     startup_timeout_seconds: int = Field(
         3600,
         ge=60,
+        le=86400,
         description="How long the engine may take to load the model before it is restarted (default 1 h: "
         "large models take tens of minutes).",
     )
 
 
+Quantity = int | str
+
+
+def _check_quantities(values: dict[str, Quantity]) -> dict[str, Quantity]:
+    for key, value in values.items():
+        if not (key in CONTAINER_RESOURCES or key.startswith("hugepages-")):
+            raise ValueError(f"{key}: {MSG_RESOURCE_KEYS}")
+        if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+            raise ValueError(f"{key}: {value!r} is not a quantity such as 500m, 4, 16Gi")
+    return values
+
+
+_RESOURCE_MAP_SCHEMA: JsonDict = {
+    "maxProperties": 8,
+    "x-kubernetes-validations": [
+        _cel(
+            "self.all(k, k in ['cpu', 'memory', 'ephemeral-storage'] || k.startsWith('hugepages-'))",
+            MSG_RESOURCE_KEYS,
+        )
+    ],
+}
+
+
 class ResourceRequirements(ApiModel):
-    limits: dict[str, int | str] = Field(default_factory=dict, description="cpu/memory limits.")
-    requests: dict[str, int | str] = Field(default_factory=dict, description="cpu/memory requests.")
+    """CPU and memory for the engine container; accelerators are requested from spec.devices."""
+
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Limits, e.g. {cpu: 16, memory: 128Gi}.",
+        json_schema_extra=_RESOURCE_MAP_SCHEMA,
+    )
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Requests, e.g. {cpu: 8, memory: 64Gi}.",
+        json_schema_extra=_RESOURCE_MAP_SCHEMA,
+    )
+
+    @field_validator("limits", "requests")
+    @classmethod
+    def _quantities(cls, values: dict[str, Quantity]) -> dict[str, Quantity]:
+        return _check_quantities(values)
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, max_length=316, description="Taint key; empty with operator Exists matches all.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(None, max_length=63, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="NoExecute only: how long the pod stays bound after the taint appears."
+    )
 
 
 class ModelInstanceSpec(ApiModel):
+    """The desired state: one model served by an engine on a chip profile, behind one endpoint."""
+
     model: ModelSpec = Field(description="The model to serve.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="The inference engine.")
     devices: DevicesSpec = Field(description="Which accelerators and how many per replica.")
@@ -165,23 +358,87 @@ class ModelInstanceSpec(ApiModel):
         "needs spare accelerators.",
     )
     resources: ResourceRequirements | None = Field(None, description="CPU and memory for the engine container.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Added to the chip profile's.")
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Added to the chip profile's.")
-    affinity: dict[str, Any] | None = Field(None, description="Pod affinity rules.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pods require, added to the chip profile's."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Added to the chip profile's.")
+    affinity: dict[str, Any] | None = Field(None, description="Pod affinity rules (core/v1 Affinity).")
     api_key_secret_ref: SecretKeyRef | None = Field(
-        None, description="Secret holding the API key the engine requires from clients."
+        None,
+        description="Secret key holding the API key the engine requires from clients (key defaults to "
+        "'api-key'); reaches the engine as an environment variable from the Secret, never inlined.",
     )
     probes: ProbeSpec = Field(default_factory=ProbeSpec, description="Health probe tuning.")
 
 
+class StatusModel(BaseModel):
+    """Status is written by the operator; reading is lenient so an older operator's extra keys never
+    make a valid spec unreadable."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+    )
+
+
+class Condition(StatusModel):
+    """One aspect of the instance's state (metav1.Condition shape)."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready, Progressing, Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str | None = Field(None, max_length=1024, description="CamelCase reason for the last transition.")
+    message: str | None = Field(None, max_length=32768, description="Human-readable details.")
+    last_transition_time: str | None = Field(
+        None,
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation the condition was computed for."
+    )
+
+
+Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+
+
+class ModelInstanceStatus(StatusModel):
+    """The observed state, maintained by the operator."""
+
+    phase: Phase | None = Field(
+        None,
+        description="Pending (nothing running yet), Progressing (rolling out or loading the model), "
+        "Ready (all replicas serve), Degraded (some replicas serve), Failed (cannot run: see message).",
+    )
+    observed_generation: int | None = Field(None, ge=0, description="metadata.generation the operator last acted on.")
+    ready_replicas: int | None = Field(None, ge=0, description="Replicas whose engine answers its readiness probe.")
+    endpoint: str | None = Field(
+        None, description="OpenAI-compatible base URL inside the cluster: http://<name>.<namespace>.svc:<port>/v1."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, Degraded with reasons.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    image: str | None = Field(None, description="Engine image the pods run.")
+    message: str | None = Field(None, description="Why the instance is not Ready, in words a user can act on.")
+
+
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
+    name: str
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_1035(cls, value: str) -> str:
+        if len(value) > 63 or not re.match(DNS_LABEL_PATTERN, value):
+            raise ValueError(f"{value!r}: {MSG_NAME}")
+        return value
 
 
 class ModelInstance(BaseModel):
@@ -190,6 +447,7 @@ class ModelInstance(BaseModel):
     kind: Literal["ModelInstance"] = "ModelInstance"
     metadata: ObjectMeta
     spec: ModelInstanceSpec
+    status: ModelInstanceStatus | None = None
 
     @property
     def name(self) -> str:
