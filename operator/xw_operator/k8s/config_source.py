@@ -1,0 +1,221 @@
+"""devices.yaml as live configuration: read, validate, keep the last good version, report what changed.
+
+Two sources, one at a time:
+
+- a file (``--devices-config``), typically a mounted ConfigMap: the kubelet swaps the ``..data`` symlink
+  when the ConfigMap changes, so the file is re-read and hashed on every poll (it is a few KiB; mtimes
+  of symlinked projections are unreliable);
+- a ConfigMap reference (``--devices-configmap NS/NAME``): GET by name every poll (least privilege: the
+  RBAC rule can name the one ConfigMap), compared by content hash.
+
+An invalid new version never replaces the good one: the store keeps serving the last good config and
+records the error, which the operator logs, posts as a Warning Event and exposes on its health endpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from xw_operator.devices import DevicesConfig, parse_devices_config
+from xw_operator.errors import ConfigError
+from xw_operator.k8s.client import ApiError, KubeApi, object_path
+
+log = logging.getLogger(__name__)
+
+CONFIGMAP_KEY = "devices.yaml"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Raw text of one version of devices.yaml and where it came from."""
+
+    text: str
+    origin: str  # human-readable: a path or ConfigMap ns/name
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+
+class Source(Protocol):
+    description: str
+
+    def read(self) -> Snapshot:
+        """The current text; raises ConfigError when it cannot be read."""
+        ...
+
+
+class FileSource:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.description = f"file {self.path}"
+
+    def read(self) -> Snapshot:
+        try:
+            return Snapshot(self.path.read_text(encoding="utf-8"), str(self.path))
+        except OSError as exc:
+            raise ConfigError(f"cannot read devices config {self.path}: {exc.strerror or exc}") from None
+
+
+class ConfigMapSource:
+    def __init__(self, api: KubeApi, reference: str, key: str = CONFIGMAP_KEY) -> None:
+        self.namespace, self.name = parse_configmap_reference(reference)
+        self.api = api
+        self.key = key
+        self.description = f"ConfigMap {self.namespace}/{self.name} key {key}"
+
+    def read(self) -> Snapshot:
+        origin = f"ConfigMap {self.namespace}/{self.name}"
+        try:
+            cm = self.api.get(object_path("v1", "configmaps", self.namespace, self.name))
+        except ApiError as exc:
+            raise ConfigError(f"cannot read {origin}: {exc}") from None
+        if cm is None:
+            raise ConfigError(f"{origin} does not exist")
+        data = cm.get("data") or {}
+        if self.key not in data:
+            raise ConfigError(f"{origin} has no key {self.key!r} (keys: {', '.join(sorted(data)) or 'none'})")
+        return Snapshot(str(data[self.key]), f"{origin} key {self.key}")
+
+    @property
+    def involved_object(self) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"namespace": self.namespace, "name": self.name}}
+
+
+def parse_configmap_reference(reference: str) -> tuple[str, str]:
+    namespace, sep, name = reference.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise ConfigError(f"--devices-configmap must be NAMESPACE/NAME, got {reference!r}")
+    return namespace, name
+
+
+def chip_fingerprints(config: DevicesConfig) -> dict[str, str]:
+    """Per chip key (config_key and variant_key), a digest of everything resolve() reads for it."""
+    out = {}
+    for key in config.chip_keys:
+        ref = config.find_chip(key)
+        assert ref is not None
+        doc = {
+            "vendor": ref.vendor.vendor_id,
+            "chip": ref.chip.model_dump(mode="json"),
+            "variant": ref.variant.model_dump(mode="json") if ref.variant else None,
+        }
+        out[key] = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+def changed_chips(old: DevicesConfig, new: DevicesConfig) -> set[str]:
+    """Chip keys whose profile differs, appeared or disappeared."""
+    before, after = chip_fingerprints(old), chip_fingerprints(new)
+    return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+
+
+@dataclass(frozen=True)
+class Change:
+    old: DevicesConfig
+    new: DevicesConfig
+    chips: frozenset[str]
+    digest: str
+
+
+@dataclass
+class ConfigState:
+    """What the health endpoint shows about devices.yaml."""
+
+    source: str
+    digest: str
+    last_error: str | None = None
+    rejected_digest: str | None = None
+    reloads: int = 0
+    chips: list[str] = field(default_factory=list)
+
+
+class ConfigStore:
+    """The last good DevicesConfig plus the bookkeeping of reloads. Thread-safe."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        snapshot = source.read()
+        self._config = parse_devices_config(snapshot.text, source=snapshot.origin)  # startup: invalid is fatal
+        self._lock = threading.Lock()
+        self.state = ConfigState(source.description, snapshot.digest, chips=self._config.chip_keys)
+
+    @property
+    def current(self) -> DevicesConfig:
+        with self._lock:
+            return self._config
+
+    def poll(self) -> Change | ConfigError | None:
+        """Read the source once: a Change when a valid new version took effect, the error when the new
+        version was refused (reported once per distinct content), None when nothing changed."""
+        try:
+            snapshot = self.source.read()
+        except ConfigError as exc:
+            return self._refuse(str(exc), digest=f"unreadable:{exc}")
+        if snapshot.digest == self.state.digest:
+            if self.state.last_error is not None:
+                log.info("devices config is back to the version in force (%s)", snapshot.digest)
+                self.state.last_error = self.state.rejected_digest = None
+            return None
+        try:
+            new = parse_devices_config(snapshot.text, source=snapshot.origin)
+        except ConfigError as exc:
+            return self._refuse(str(exc), digest=snapshot.digest)
+        with self._lock:
+            old, self._config = self._config, new
+        self.state.digest = snapshot.digest
+        self.state.last_error = self.state.rejected_digest = None
+        self.state.reloads += 1
+        self.state.chips = new.chip_keys
+        return Change(old, new, frozenset(changed_chips(old, new)), snapshot.digest)
+
+    def _refuse(self, message: str, *, digest: str) -> ConfigError | None:
+        if self.state.rejected_digest == digest:
+            return None  # already reported; the poll loop must not spam logs and events
+        self.state.last_error = message
+        self.state.rejected_digest = digest
+        return ConfigError(message)
+
+
+class ConfigWatcher:
+    """Polls a ConfigStore in a daemon thread and hands results to callbacks."""
+
+    def __init__(
+        self,
+        store: ConfigStore,
+        *,
+        interval: float,
+        on_change: Callable[[Change], None],
+        on_error: Callable[[ConfigError], None],
+    ) -> None:
+        self.store = store
+        self.interval = interval
+        self.on_change = on_change
+        self.on_error = on_error
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="devices-config-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                result = self.store.poll()
+                if isinstance(result, Change):
+                    self.on_change(result)
+                elif isinstance(result, ConfigError):
+                    self.on_error(result)
+            except Exception:  # the watcher must survive anything; the next poll retries
+                log.exception("devices config watcher: unexpected error")

@@ -1,0 +1,77 @@
+"""kopf handlers: thin wiring from watch events to :class:`~xw_operator.k8s.reconcile.Reconciler`.
+
+- ModelInstance create/update/resume -> one idempotent ``reconcile`` (level-based: the handler reads the
+  object fresh and converges; it never acts on the diff kopf computed).
+- Deployment and Pod events (server-side filtered to ``app.kubernetes.io/managed-by=xw-operator``) ->
+  recompute the owning instance's status.
+- A probe reporting the devices.yaml state on the liveness endpoint.
+
+Handlers are synchronous: kopf runs them in its thread pool, where the blocking HTTP client belongs.
+No ``on.delete`` handler exists, so kopf adds no finalizer: owner references let the garbage collector
+remove the children, and a stopped operator can never block deletion of an instance or a namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from xw_operator.instance import GROUP, PLURAL, VERSION
+from xw_operator.k8s.client import ApiError
+from xw_operator.k8s.config_source import ConfigStore
+from xw_operator.k8s.reconcile import InvalidSpec, Reconciler
+from xw_operator.labels import MANAGED_BY, MANAGED_BY_KEY, MODEL_INSTANCE_KEY
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY = 5.0  # seconds before retrying after an API error (conflict, timeout, 5xx)
+
+
+def _owner(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    meta = body.get("metadata", {})
+    name = (meta.get("labels") or {}).get(MODEL_INSTANCE_KEY)
+    return (meta["namespace"], name) if name and meta.get("namespace") else None
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, store: ConfigStore) -> None:
+    """Register every handler on ``registry`` (no module-level globals: tests can build several)."""
+    selector: dict[str, str] = {MANAGED_BY_KEY: MANAGED_BY}
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
+    def reconcile(namespace: str | None, name: str, **_: Any) -> None:
+        assert namespace is not None  # ModelInstance is namespaced
+        try:
+            reconciler.reconcile(namespace, name)
+        except InvalidSpec as exc:
+            # Status and an Event already say why; retrying cannot help until the spec or config changes.
+            raise kopf.PermanentError(str(exc)) from None
+        except ApiError as exc:
+            raise kopf.TemporaryError(f"API error, retrying: {exc}", delay=RETRY_DELAY) from None
+
+    @kopf.on.event("apps", "v1", "deployments", labels=selector, registry=registry)
+    @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
+    def child_changed(body: Mapping[str, Any], **_: Any) -> None:
+        owner = _owner(body)
+        if owner is None:
+            return
+        try:
+            reconciler.refresh_status(*owner)
+        except ApiError as exc:
+            # The next event of this child (or the instance) recomputes status from scratch.
+            log.warning("status refresh of %s/%s failed: %s", *owner, exc)
+
+    @kopf.on.probe(id="devicesConfig", registry=registry)
+    def devices_config(**_: Any) -> dict[str, Any]:
+        s = store.state
+        return {
+            "source": s.source,
+            "digest": s.digest,
+            "reloads": s.reloads,
+            "lastError": s.last_error,
+            "chips": len(s.chips),
+        }

@@ -1,0 +1,95 @@
+"""devices.yaml reload: the last good version stays in force, changes are reported per chip profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xw_operator.devices import packaged_devices_config_path
+from xw_operator.errors import ConfigError
+from xw_operator.k8s.config_source import (
+    Change,
+    ConfigStore,
+    FileSource,
+    changed_chips,
+    parse_configmap_reference,
+)
+
+SHIPPED = packaged_devices_config_path().read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def devices_file(tmp_path: Path) -> Path:
+    path = tmp_path / "devices.yaml"
+    path.write_text(SHIPPED, encoding="utf-8")
+    return path
+
+
+def with_nvidia_shm(text: str, gb: int) -> str:
+    marker = (
+        "            shm_size_gb: 32\n            capabilities: []\n"
+        "        kubernetes:\n          resource_name: nvidia.com/gpu"
+    )
+    assert marker in text
+    return text.replace(marker, marker.replace("shm_size_gb: 32", f"shm_size_gb: {gb}"))
+
+
+def test_unchanged_file_reports_nothing(devices_file: Path) -> None:
+    store = ConfigStore(FileSource(devices_file))
+    assert store.poll() is None
+
+
+def test_changing_one_chip_profile_names_only_that_chip(devices_file: Path) -> None:
+    store = ConfigStore(FileSource(devices_file))
+    devices_file.write_text(with_nvidia_shm(SHIPPED, 64), encoding="utf-8")
+    change = store.poll()
+    assert isinstance(change, Change)
+    assert change.chips == {"nvidia-t4"}
+    assert store.current.find_chip("nvidia-t4").chip.ext_sandboxes.engines["vllm"].shm_size_gb == 64  # type: ignore[union-attr]
+    assert store.state.reloads == 1
+    assert store.poll() is None
+
+
+def test_invalid_new_version_is_refused_once_and_the_last_good_stays(devices_file: Path) -> None:
+    store = ConfigStore(FileSource(devices_file))
+    good = store.current
+    devices_file.write_text(SHIPPED.replace("shm_size_gb: 32", "shm_size_gb: lots"), encoding="utf-8")
+    refused = store.poll()
+    assert isinstance(refused, ConfigError)
+    assert "shm_size_gb" in str(refused)
+    assert store.current is good
+    assert store.state.last_error is not None
+    assert store.poll() is None  # reported once, not on every poll
+    devices_file.write_text(SHIPPED, encoding="utf-8")
+    assert store.poll() is None  # back to the version in force: nothing to re-render
+    assert store.state.last_error is None
+
+
+def test_unreadable_file_is_refused(devices_file: Path) -> None:
+    store = ConfigStore(FileSource(devices_file))
+    devices_file.unlink()
+    assert isinstance(store.poll(), ConfigError)
+    assert store.current.find_chip("ascend-910b") is not None
+
+
+def test_invalid_config_at_startup_is_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "devices.yaml"
+    path.write_text("version: 1\nvendors: [{vendor_name: x}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        ConfigStore(FileSource(path))
+
+
+def test_removed_and_added_chips_count_as_changed(devices_file: Path) -> None:
+    store = ConfigStore(FileSource(devices_file))
+    old = store.current
+    devices_file.write_text(SHIPPED.replace("config_key: nvidia-t4", "config_key: nvidia-t4x"), encoding="utf-8")
+    change = store.poll()
+    assert isinstance(change, Change)
+    assert changed_chips(old, change.new) == {"nvidia-t4", "nvidia-t4x"}
+
+
+@pytest.mark.parametrize("ref", ["name-only", "/x", "ns/", "a/b/c"])
+def test_configmap_reference_must_be_namespace_slash_name(ref: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_configmap_reference(ref)
