@@ -10,10 +10,9 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import docker.errors
 
 from xw_operator.devices import DevicesConfig, default_devices_config_path, load_devices_config
 from xw_operator.errors import XwError
@@ -21,8 +20,10 @@ from xw_operator.instance import ModelInstance, load_instances
 
 from .allocation import used_indices
 from .errors import RuntimeFailure
-from .runtime import DockerRuntime, InstanceInfo
 from .status import Status
+
+if TYPE_CHECKING:  # the Docker SDK (requests) is imported only by commands that need it
+    from .runtime import DockerRuntime, InstanceInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,8 +48,10 @@ def handle_errors(func: F) -> F:
         except RuntimeFailure as exc:
             first, _, rest = str(exc).partition("\n")
             _fail(first, EXIT_RUNTIME, rest)
-        except docker.errors.DockerException as exc:
-            _fail(f"docker: {exc}", EXIT_RUNTIME)
+        except Exception as exc:
+            if type(exc).__module__.startswith("docker."):  # any Docker SDK error is a runtime failure
+                _fail(f"docker: {exc}", EXIT_RUNTIME)
+            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -68,6 +71,8 @@ def _config(path: str | None) -> DevicesConfig:
 
 
 def _runtime(devices_config: str | None) -> DockerRuntime:
+    from .runtime import DockerRuntime
+
     return DockerRuntime(_config(devices_config), out=lambda line: click.echo(line, err=True))
 
 

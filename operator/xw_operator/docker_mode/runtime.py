@@ -386,7 +386,7 @@ class DockerRuntime:
                 )
             time.sleep(interval)
 
-    def _tail(self, name: str, lines: int = 10) -> str:
+    def _tail(self, name: str, lines: int = 20) -> str:
         try:
             return b"".join(self.logs(name, tail=lines)).decode(errors="replace").rstrip()
         except RuntimeFailure:
