@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
-from xw_docker_host import OK_IMAGE, XwHost
+from xw_docker_host import XwHost
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -50,4 +51,33 @@ def test_run_stop_start_rm_lifecycle(host: XwHost) -> None:
     assert "life" not in host.ps()
     assert host.containers() == []
     assert all(d["instance"] is None for d in host.devices())
-    assert OK_IMAGE  # the image stays for the next test
+
+
+def test_no_wait_then_logs_follow_and_ps_table(host: XwHost) -> None:
+    result = host.xw("run", "-f", str(host.manifest("quick", served="org/quick")), "--no-wait")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith(": started")
+    follow = host.popen("logs", "quick", "-f")
+    assert follow.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = follow.stdout.readline()
+        lines.append(line)
+        if "serving on :8000" in line:
+            break
+    follow.terminate()
+    follow.wait(10)
+    assert any("served model name: org/quick" in line for line in lines), lines
+    assert follow.returncode is not None  # -f kept streaming until we stopped it
+
+    tail = host.xw("logs", "quick", "--tail", "1")
+    assert tail.returncode == 0
+    assert len(tail.stdout.strip().splitlines()) == 1
+
+    deadline = time.monotonic() + 30
+    while host.ps()["quick"]["state"] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    table = host.xw("ps").stdout.splitlines()
+    assert table[0].split()[:4] == ["NAME", "STATE", "CHIP", "DEVICES"]
+    assert table[1].split()[:4] == ["quick", "ready", "test-npu", "0"]
