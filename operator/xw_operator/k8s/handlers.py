@@ -40,6 +40,11 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, store: Con
     """Register every handler on ``registry`` (no module-level globals: tests can build several)."""
     selector: dict[str, str] = {MANAGED_BY_KEY: MANAGED_BY}
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A private registry has none of kopf's default login handlers; the same credentials as KubeApi.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)

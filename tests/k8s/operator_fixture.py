@@ -1,0 +1,147 @@
+"""The operator running for real: ``xw operator`` as a subprocess against the test cluster.
+
+One operator per test session, watching all namespaces (tests use fresh namespaces, so they do not see
+each other's instances); it reads devices.yaml from a temporary copy that tests may rewrite, and
+restores, to exercise live reload. Its log is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+XW = Path(sys.executable).with_name("xw")
+SHIPPED_DEVICES = REPO / "operator" / "xw_operator" / "data" / "devices.yaml"
+CRD = REPO / "crds" / "modelinstances.xw.dev.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    def __init__(self, cluster: Any, workdir: Path) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.devices_path = workdir / "devices.yaml"
+        self.devices_path.write_text(SHIPPED_DEVICES.read_text(encoding="utf-8"), encoding="utf-8")
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"operator-{self.starts}.log"
+
+    @property
+    def healthz_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
+    def start(self) -> None:
+        self.starts += 1
+        env = self.cluster.env()
+        env["XW_CONFIG_POLL_SECONDS"] = "1"
+        env["PYTHONWARNINGS"] = "ignore"
+        cmd = [
+            str(XW),
+            "operator",
+            "--all-namespaces",
+            "--devices-config",
+            str(self.devices_path),
+            "--liveness",
+            self.healthz_url,
+        ]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                self.health()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"operator liveness endpoint never answered:\n{self.log_text()}")
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.healthz_url, timeout=5) as rsp:
+            data: dict[str, Any] = json.loads(rsp.read())
+            return data
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        return "\n".join(
+            p.read_text(encoding="utf-8", errors="replace")[-20000:]
+            for p in sorted(self.workdir.glob("operator-*.log"))
+        )
+
+    def current_log(self) -> str:
+        """The log of the running process only (not of earlier starts)."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def write_devices(self, text: str) -> None:
+        """Replace devices.yaml atomically, as the kubelet does for a mounted ConfigMap."""
+        tmp = self.devices_path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.devices_path)
+
+    def restore_devices(self) -> None:
+        self.write_devices(SHIPPED_DEVICES.read_text(encoding="utf-8"))
+
+
+def install_crd(cluster: Any) -> None:
+    if CRD.exists():
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    else:
+        text = subprocess.run([str(XW), "crds"], check=True, capture_output=True, text=True).stdout
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=text)
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modelinstances.xw.dev", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def xw_operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    install_crd(cluster)
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def operator_log_on_failure(
+    xw_operator: OperatorProcess, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], str]]:
+    failed_before = request.session.testsfailed
+    yield xw_operator.log_text
+    if request.session.testsfailed > failed_before:  # the call phase has reported by teardown time
+        print("----- operator log -----\n" + xw_operator.log_text()[-15000:])
