@@ -453,7 +453,7 @@ def test_pod_has_no_service_links_and_no_api_token(shipped_config: DevicesConfig
 
 
 def test_affinity_is_passed_through(shipped_config: DevicesConfig) -> None:
-    affinity = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    affinity: dict[str, Any] = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
     assert pod(render(instance("nvidia-t4", 1, affinity=affinity), shipped_config)[0])["affinity"] == affinity
 
 

@@ -1,0 +1,225 @@
+"""The CRD and the rendered objects against a real API server.
+
+The CRD is installed with server-side apply; ModelInstances are created for real (so owner references
+carry a real uid and the CRD's defaults are applied), read back, parsed with the Python model, resolved,
+rendered, and the Deployment + Service are accepted by ``kubectl apply --dry-run=server``. Invalid
+ModelInstances are refused by the API server itself with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from xw_operator.devices import DevicesConfig, load_devices_config, packaged_devices_config_path
+from xw_operator.instance import parse_instance
+from xw_operator.plan import resolve
+from xw_operator.render_kubernetes import render_kubernetes
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "modelinstances.xw.dev.yaml"
+HOST_DEVICE_CONFIG = REPO / "tests" / "golden" / "host-device-devices.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Any) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=xw-crd-tests", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modelinstances.xw.dev", "--timeout=60s")
+    # Established comes a moment before discovery serves the new resource to clients.
+    deadline = time.monotonic() + 60
+    while cluster.kubectl("get", "mi", "-A", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "modelinstances never appeared in API discovery"
+        time.sleep(1)
+
+
+def manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "xw.dev/v1alpha1", "kind": "ModelInstance", "metadata": {"name": name}, "spec": spec}
+
+
+def spec_for(chip: str, count: int, source: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "model": {"name": "org/model", "source": source},
+        "engine": {"name": "vllm", "args": ["--max-model-len=8192"], "env": [{"name": "LOG", "value": "debug"}]},
+        "devices": {"chip": chip, "count": count},
+        **extra,
+    }
+
+
+CASES = [
+    ("ascend-910b-x4", spec_for("ascend-910b", 4, {"hostPath": "/data/models/qwen"}), "shipped"),
+    ("ascend-310p-x2", spec_for("ascend-310p", 2, {"pvc": {"claimName": "models", "subPath": "qwen"}}), "shipped"),
+    (
+        "metax-x1",
+        spec_for("metax-c550", 1, {"huggingFace": {"repo": "Qwen/Qwen3-8B", "tokenSecretRef": {"name": "hf"}}}),
+        "shipped",
+    ),
+    (
+        "nvidia-x2",
+        spec_for(
+            "nvidia-t4",
+            2,
+            {"huggingFace": {"repo": "meta-llama/Llama-3.1-8B", "revision": "main"}},
+            apiKeySecretRef={"name": "llm-key"},
+            strategy="RollingUpdate",
+            replicas=2,
+            resources={"limits": {"cpu": "8", "memory": "32Gi"}, "requests": {"cpu": 4}},
+            tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            affinity={
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 1,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"xw.dev/model-instance": "nvidia-x2"}},
+                            },
+                        }
+                    ]
+                }
+            },
+        ),
+        "shipped",
+    ),
+    ("host-device-x2", spec_for("acme-npu", 2, {"hostPath": "/data/models/acme"}), "host-device"),
+]
+
+
+def configs() -> dict[str, DevicesConfig]:
+    return {
+        "shipped": load_devices_config(packaged_devices_config_path()),
+        "host-device": load_devices_config(HOST_DEVICE_CONFIG),
+    }
+
+
+@pytest.mark.parametrize(("name", "spec", "config"), CASES, ids=[c[0] for c in CASES])
+def test_rendered_objects_are_accepted_by_the_api_server(
+    cluster: Any, crd: None, namespace: str, name: str, spec: dict[str, Any], config: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(name, spec)))
+    stored = json.loads(cluster.kubectl("get", "modelinstance", name, "-n", namespace, "-o", "json").stdout)
+    instance = parse_instance(stored, "API server")
+    assert instance.metadata.uid, "the stored object has a uid"
+    objects = render_kubernetes(instance, resolve(instance, configs()[config]))
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == instance.metadata.uid for o in objects)
+
+    proc = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects), check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"deployment.apps/{name} created (server dry run)" in proc.stdout
+    assert f"service/{name} created (server dry run)" in proc.stdout
+
+
+def test_crd_defaults_match_the_python_model(cluster: Any, crd: None, namespace: str) -> None:
+    minimal = {"model": {"source": {"hostPath": "/m"}}, "devices": {"chip": "ascend-910b"}, "engine": {}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest("minimal", minimal)))
+    stored = json.loads(cluster.kubectl("get", "mi", "minimal", "-n", namespace, "-o", "json").stdout)["spec"]
+    local = parse_instance(manifest("minimal", minimal)).spec
+    assert stored["replicas"] == local.replicas == 1
+    assert stored["port"] == local.port == 8000
+    assert stored["strategy"] == local.strategy == "Recreate"
+    assert stored["devices"]["count"] == local.devices.count == 1
+    assert stored["engine"]["name"] == local.engine.name == "vllm"
+
+
+def test_printer_columns_and_status_subresource(cluster: Any, crd: None, namespace: str) -> None:
+    spec = spec_for("ascend-910b", 4, {"hostPath": "/m"})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest("cols", spec)))
+    status = {
+        "phase": "Ready",
+        "readyReplicas": 1,
+        "endpoint": f"http://cols.{namespace}.svc:8000/v1",
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "AllReady", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ],
+        "notInSchema": "pruned",
+    }
+    cluster.kubectl(
+        "patch", "mi", "cols", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+    table = cluster.kubectl("get", "mi", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "CHIP", "DEVICES", "REPLICAS", "READY", "PHASE", "ENDPOINT", "AGE"]
+    row = table[1].split()
+    assert row[:7] == ["cols", "ascend-910b", "4", "1", "1", "Ready", f"http://cols.{namespace}.svc:8000/v1"]
+    stored = json.loads(cluster.kubectl("get", "mi", "cols", "-n", namespace, "-o", "json").stdout)
+    assert "notInSchema" not in stored["status"]  # the status schema is structural: unknown keys pruned
+    assert parse_instance(stored).status is not None
+
+
+def _spec(**changes: Any) -> dict[str, Any]:
+    spec = spec_for("ascend-910b", 1, {"hostPath": "/m"})
+    spec.update(changes)
+    return spec
+
+
+INVALID = [
+    (
+        "two-sources",
+        _spec(model={"source": {"hostPath": "/m", "pvc": {"claimName": "c"}}}),
+        ["spec.model.source", "exactly one of hostPath, pvc, huggingFace must be set"],
+    ),
+    ("no-source", _spec(model={"source": {}}), ["spec.model.source", "exactly one of hostPath, pvc, huggingFace"]),
+    (
+        "count-zero",
+        _spec(devices={"chip": "ascend-910b", "count": 0}),
+        ["spec.devices.count", "greater than or equal to 1"],
+    ),
+    ("bad-port", _spec(port=70000), ["spec.port", "less than or equal to 65535"]),
+    ("port-zero", _spec(port=0), ["spec.port", "greater than or equal to 1"]),
+    ("negative-replicas", _spec(replicas=-1), ["spec.replicas", "greater than or equal to 0"]),
+    ("unknown-field", _spec(bogus=1), ['unknown field "spec.bogus"']),
+    ("args-not-strings", _spec(engine={"args": [8192]}), ["spec.engine.args[0]", "string"]),
+    ("bad-chip-name", _spec(devices={"chip": "Ascend_910B", "count": 1}), ["spec.devices.chip", "should match"]),
+    (
+        "indices-count",
+        _spec(devices={"chip": "ascend-910b", "count": 2, "indices": [1]}),
+        ["spec.devices.indices", "indices must have exactly count entries"],
+    ),
+    ("indices-repeat", _spec(devices={"chip": "ascend-910b", "count": 2, "indices": [1, 1]}), ["spec.devices.indices"]),
+    (
+        "backtracking-host-path",
+        _spec(model={"source": {"hostPath": "/data/../etc"}}),
+        ["spec.model.source.hostPath", "'..'"],
+    ),
+    (
+        "accelerator-in-resources",
+        _spec(resources={"limits": {"huawei.com/Ascend910": 8}}),
+        ["spec.resources.limits", "only cpu, memory, ephemeral-storage and hugepages-* may be set"],
+    ),
+    ("missing-devices", {"model": {"source": {"hostPath": "/m"}}}, ["spec.devices", "Required value"]),
+]
+
+
+@pytest.mark.parametrize(("name", "spec", "expected"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_instances_are_rejected_naming_the_field(
+    cluster: Any, crd: None, namespace: str, name: str, spec: dict[str, Any], expected: list[str]
+) -> None:
+    proc = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest(name, spec)), check=False)
+    assert proc.returncode != 0, f"accepted: {proc.stdout}"
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+    assert cluster.kubectl("get", "mi", "-n", namespace, "-o", "name").stdout.strip() == ""
+
+
+def test_name_that_cannot_be_a_service_is_rejected(cluster: Any, crd: None, namespace: str) -> None:
+    proc = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest("3b", _spec())), check=False
+    )
+    assert proc.returncode != 0
+    assert "metadata.name must be a DNS-1035 label" in proc.stderr, proc.stderr
+
+
+def test_unknown_field_is_pruned_when_field_validation_is_off(cluster: Any, crd: None, namespace: str) -> None:
+    """What a client that skips strict validation gets: the field is silently dropped, not stored."""
+    proc = cluster.kubectl(
+        "create", "--validate=false", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest("lax", _spec(bogus=1)))
+    )
+    assert "created" in proc.stdout
+    stored = json.loads(cluster.kubectl("get", "mi", "lax", "-n", namespace, "-o", "json").stdout)
+    assert "bogus" not in stored["spec"]
