@@ -45,7 +45,7 @@ def docker_labels(plan: Plan, *, server_name: str, host_port: int) -> dict[str, 
 def render_docker(
     plan: Plan, *, server_name: str, host_port: int, model_host_path: str | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments for ``docker.containers.create`` (JSON-friendly: lists, not tuples).
+    """Keyword arguments for ``docker.containers.create``, ready to pass to the SDK as they are.
 
     ``model_host_path`` is the hostPath source to bind read-only at the engine's model path; Docker
     mode has no PVCs, so the runtime refuses those before calling this.
@@ -68,7 +68,9 @@ def render_docker(
         "shm_size": plan.shm_bytes,
         "runtime": plan.runtime,
         "labels": docker_labels(plan, server_name=server_name, host_port=host_port),
-        "ports": {f"{plan.container_port}/tcp": [LOOPBACK, host_port]},
+        # A tuple: the SDK reads a list as several bindings without a host IP (published on every
+        # interface); (ip, port) binds loopback only. JSON output shows it as a two-element list.
+        "ports": {f"{plan.container_port}/tcp": (LOOPBACK, host_port)},
         "restart_policy": {"Name": "unless-stopped"},
         "init": True,
     }
