@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test unit lint cluster-binaries cluster-up cluster-down docker-up docker-down crds bench
+.PHONY: help demo test unit lint cluster-binaries cluster-up cluster-down docker-up docker-down images crds bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,9 @@ docker-up: ## install (if needed) and start a Docker engine for the Docker-mode 
 
 docker-down: ## stop the Docker engine docker-up started
 	bash hack/docker.sh down
+
+images: ## build the local stand-in engine images and the Debian base image (cached)
+	bash hack/test-images.sh && bash hack/test-images.sh base
 
 crds: ## regenerate crds/ from the pydantic API model
 	bash hack/venv.sh >/dev/null && .venv/bin/xw crds > crds/modelinstances.xw.dev.yaml
