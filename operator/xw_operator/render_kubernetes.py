@@ -301,12 +301,13 @@ def _volumes(instance: ModelInstance, plan: Plan) -> tuple[list[dict[str, Any]],
             suffix = f"-{counter}"
             name = base[: 63 - len(suffix)].rstrip("-") + suffix
         names.add(name)
-        if target in targets:
+        key = target.rstrip("/") or "/"
+        if key in targets:
             raise ResolveError(
-                f"chip {plan.chip}: two volumes mount at {target} ({targets[target]} and {base}); "
+                f"chip {plan.chip}: two volumes mount at {key} ({targets[key]} and {base}); "
                 "fix the volumes of its devices.yaml entry"
             )
-        targets[target] = base
+        targets[key] = base
         volumes.append({"name": name, **source})
         mount: dict[str, Any] = {"name": name, "mountPath": target}
         if read_only:

@@ -241,6 +241,18 @@ def test_driver_mount_without_ro_is_read_only_unless_a_cache(host_device_config:
     assert "readOnly" not in mounts["/var/cache/acme"][1]
 
 
+def test_a_driver_mount_over_shm_is_refused() -> None:
+    text = (
+        (GOLDEN / "host-device-devices.yaml")
+        .read_text()
+        .replace("- /var/cache/acme:/var/cache/acme", "- /run/shm:/dev/shm/")
+    )
+    config = parse_devices_config(text)
+    inst = instance("acme-npu", 1)
+    with pytest.raises(ResolveError, match=r"chip acme-npu: two volumes mount at /dev/shm \(shm and host-dev-shm\)"):
+        render_kubernetes(inst, resolve(inst, config))
+
+
 # --- model sources ----------------------------------------------------------------------------------
 
 
