@@ -77,13 +77,13 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def render(helm: str, *extra: str) -> list[dict[str, Any]]:
-    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra)
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.34.0", *extra)
     assert proc.returncode == 0, f"helm template failed:\n{proc.stderr}"
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
 def render_error(helm: str, *extra: str) -> str:
-    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra)
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.34.0", *extra)
     assert proc.returncode != 0, f"helm template accepted {extra}:\n{proc.stdout[:2000]}"
     return proc.stderr
 
