@@ -246,3 +246,36 @@ def test_unknown_field_is_pruned_when_field_validation_is_off(cluster: Any, crd:
     assert "created" in proc.stdout
     stored = json.loads(cluster.kubectl("get", "mi", "lax", "-n", namespace, "-o", "json").stdout)
     assert "bogus" not in stored["spec"]
+
+
+SCHEDULING = [
+    ("ascend-910b", 4, "kwok-ascend910-", "arm64"),
+    ("ascend-310p", 2, "kwok-ascend310p-", "arm64"),
+    ("metax-c550", 1, "kwok-metax-", "amd64"),
+    ("nvidia-t4", 2, "kwok-nvidia-", "amd64"),
+]
+
+
+@pytest.mark.parametrize(("chip", "count", "node_prefix", "arch"), SCHEDULING, ids=[s[0] for s in SCHEDULING])
+def test_rendered_pods_schedule_onto_a_node_with_the_chip(
+    cluster: Any, namespace: str, chip: str, count: int, node_prefix: str, arch: str
+) -> None:
+    """Resource request, arch pin and the profile's node selector lead the scheduler to the right node.
+
+    Rendered without an owner (no uid), so only the scheduler and kwok act on these objects.
+    """
+    name = f"sched-{chip}"
+    doc = manifest(name, spec_for(chip, count, {"hostPath": "/m"}))
+    doc["metadata"]["namespace"] = namespace
+    instance = parse_instance(doc)
+    objects = render_kubernetes(instance, resolve(instance, configs()["shipped"]))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
+    cluster.kubectl("rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=120s", timeout=150)
+    pods = json.loads(
+        cluster.kubectl("get", "pods", "-n", namespace, "-l", f"xw.dev/model-instance={name}", "-o", "json").stdout
+    )["items"]
+    assert len(pods) == 1
+    node_name = pods[0]["spec"]["nodeName"]
+    assert node_name.startswith(node_prefix), node_name
+    node = json.loads(cluster.kubectl("get", "node", node_name, "-o", "json").stdout)
+    assert node["metadata"]["labels"]["kubernetes.io/arch"] == arch
