@@ -216,49 +216,5 @@ def operator_command(
     )
 
 
-@main.command("operator")
-@click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace to watch (repeatable).")
-@click.option("-A", "--all-namespaces", is_flag=True, help="Watch every namespace (the default without -n).")
-@devices_config_option
-@click.option(
-    "--devices-configmap",
-    default=None,
-    metavar="NAMESPACE/NAME",
-    help="Read devices.yaml (key devices.yaml) from this ConfigMap instead of a file; reloaded on change.",
-)
-@click.option(
-    "--liveness",
-    default="http://0.0.0.0:8080/healthz",
-    show_default=True,
-    help="Liveness endpoint URL; an empty string disables it.",
-)
-@click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@handle_errors
-def operator_command(
-    namespaces: tuple[str, ...],
-    all_namespaces: bool,
-    devices_config: str | None,
-    devices_configmap: str | None,
-    liveness: str,
-    json_logs: bool,
-    verbose: bool,
-) -> None:
-    """Run the Kubernetes operator: reconcile ModelInstances into Deployments and Services."""
-    if namespaces and all_namespaces:
-        raise XwError("give --namespace or --all-namespaces, not both")
-    from xw_operator.k8s.runner import run_operator  # kopf is heavy; only this command needs it
-
-    run_operator(
-        namespaces=namespaces,
-        all_namespaces=all_namespaces,
-        devices_config=devices_config,
-        devices_configmap=devices_configmap,
-        liveness=liveness,
-        json_logs=json_logs,
-        verbose=verbose,
-    )
-
-
 if __name__ == "__main__":  # pragma: no cover
     main()
