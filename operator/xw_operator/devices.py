@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -101,7 +102,8 @@ def _parse_volume(value: Any) -> VolumeSpec:
     return VolumeSpec.parse(value)
 
 
-Volume = Annotated[VolumeSpec, BeforeValidator(_parse_volume)]
+# Dumps back to the notation it was written in, so a dumped config validates again.
+Volume = Annotated[VolumeSpec, BeforeValidator(_parse_volume), PlainSerializer(str, return_type=str)]
 
 
 def _check_device_path(value: str) -> str:
@@ -272,9 +274,35 @@ class ChipRef:
         return self.variant.variant_key if self.variant else self.chip.config_key
 
 
+class Policy(_Strict):
+    """Our extension: what ModelInstance authors may ask for, decided by whoever controls this file."""
+
+    allow_model_host_path: bool = Field(
+        True, description="false: spec.model.source.hostPath is refused (use pvc or huggingFace)"
+    )
+    model_host_path_prefixes: list[Annotated[str, Field(pattern=r"^/")]] = Field(
+        default_factory=list, description="when set, a hostPath model source must lie under one of these"
+    )
+
+    def check_model_host_path(self, path: str) -> str | None:
+        """Why ``path`` is not allowed, or None when it is."""
+        if not self.allow_model_host_path:
+            return (
+                "spec.model.source.hostPath is disabled by the cluster administrator "
+                "(devices.yaml policy.allow_model_host_path: false); use pvc or huggingFace"
+            )
+        if self.model_host_path_prefixes and not any(
+            PurePosixPath(path).is_relative_to(prefix) for prefix in self.model_host_path_prefixes
+        ):
+            allowed = ", ".join(self.model_host_path_prefixes)
+            return f"spec.model.source.hostPath {path} is outside the allowed directories ({allowed})"
+        return None
+
+
 class DevicesConfig(_Strict):
     version: str
     vendors: list[Vendor] = Field(default_factory=list)
+    policy: Policy = Field(default_factory=Policy)
 
     @field_validator("version", mode="before")
     @classmethod

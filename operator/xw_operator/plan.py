@@ -78,6 +78,10 @@ def resolve(
     """
     spec = instance.spec
     chip_key, engine, count = spec.devices.chip, spec.engine.name, spec.devices.count
+    if spec.model.source.host_path:
+        refusal = config.policy.check_model_host_path(spec.model.source.host_path)
+        if refusal:
+            raise ResolveError(refusal)
     sandbox = select_sandbox(config, chip_key, engine, registry)
 
     capacity = sandbox.device_capacity()

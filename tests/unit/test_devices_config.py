@@ -213,3 +213,8 @@ def test_shipped_profiles_load(shipped_config: DevicesConfig) -> None:
         "nvidia-t4": "nvidia.com/gpu",
         "metax-c550": "metax-tech.com/gpu",
     }
+
+
+def test_dumped_config_validates_again(shipped_config: DevicesConfig) -> None:
+    again = DevicesConfig.model_validate(shipped_config.model_dump())
+    assert again == shipped_config

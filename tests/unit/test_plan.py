@@ -118,3 +118,23 @@ def test_code_sandbox_plan(shipped_config: DevicesConfig, make_instance: Any) ->
 def test_code_sandbox_without_image_says_how_to_fix(shipped_config: DevicesConfig, make_instance: Any) -> None:
     with pytest.raises(ResolveError, match=r"set spec\.engine\.image"):
         resolve(make_instance("cambricon-mlu370", 1), shipped_config)
+
+
+def _with_policy(config: DevicesConfig, **policy: Any) -> DevicesConfig:
+    return DevicesConfig.model_validate({**config.model_dump(), "policy": policy})
+
+
+def test_admin_can_disable_host_path_models(shipped_config: DevicesConfig, make_instance: Any) -> None:
+    config = _with_policy(shipped_config, allow_model_host_path=False)
+    with pytest.raises(ResolveError, match=r"hostPath is disabled by the cluster administrator"):
+        resolve(make_instance("ascend-910b", 1), config)
+    hf = resolve(make_instance("ascend-910b", 1, source={"huggingFace": {"repo": "a/b"}}), config)
+    assert hf.model_source == "huggingFace"
+
+
+def test_admin_can_restrict_host_path_directories(shipped_config: DevicesConfig, make_instance: Any) -> None:
+    config = _with_policy(shipped_config, model_host_path_prefixes=["/data/models"])
+    assert resolve(make_instance("ascend-910b", 1, source={"hostPath": "/data/models/q"}), config)
+    for path in ("/etc", "/data/models-evil/x"):
+        with pytest.raises(ResolveError, match=r"outside the allowed directories \(/data/models\)"):
+            resolve(make_instance("ascend-910b", 1, source={"hostPath": path}), config)
