@@ -67,14 +67,15 @@ want_version() {
 
 # Print the version output of binary $1 at path $2 (empty on failure).
 version_of() {
-  local name="$1" path="$2"
+  # Full output first, then the first line: piping into `head -1` could SIGPIPE the binary and, with
+  # pipefail, make a good binary look broken.
+  local name="$1" path="$2" out
   case "$name" in
-    etcd) "$path" --version 2>/dev/null | head -1 ;;
-    kwok) "$path" --version 2>/dev/null | head -1 ;;
-    helm) "$path" version --short 2>/dev/null | head -1 ;;
-    kubectl) "$path" version --client 2>/dev/null | head -1 ;;
-    *) "$path" --version 2>/dev/null | head -1 ;;
-  esac
+    helm) out="$("$path" version --short 2>/dev/null)" ;;
+    kubectl) out="$("$path" version --client 2>/dev/null)" ;;
+    *) out="$("$path" --version 2>/dev/null)" ;;
+  esac || return 1
+  printf '%s\n' "${out%%$'\n'*}"
 }
 
 version_ok() { # name path

@@ -22,16 +22,21 @@ PORTS = {
 }
 
 
+COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+
+
 def processes_mentioning(text: str) -> list[str]:
+    """Cluster component processes whose command line mentions `text` (the state dir)."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if text in cmd and "pytest" not in cmd:
+        cmd = " ".join(argv)
+        if text in cmd and Path(argv[0]).name in COMPONENTS:
             found.append(f"{pid} {cmd}")
     return found
 
