@@ -8,6 +8,8 @@ import json
 import time
 from typing import Any, Callable
 
+import pytest
+
 ASCEND = "huawei.com/Ascend910"
 
 
@@ -139,3 +141,28 @@ def test_rbac_is_enforced_for_service_accounts(cluster, namespace):
         "-n", namespace,
     )
     assert cluster.kubectl("auth", "can-i", "list", "pods", "-n", namespace, f"--as={sa}").stdout.strip() == "yes"
+
+
+def test_audit_log_records_writes_at_metadata_level(cluster, namespace):
+    if not cluster.audit_log:
+        pytest.skip("audit log path is only known for the local cluster (hack/cluster.sh)")
+    cluster.kubectl("create", "configmap", "audited", "-n", namespace)
+    cluster.kubectl("get", "configmap", "audited", "-n", namespace)
+
+    def entries():
+        found = []
+        with open(cluster.audit_log, encoding="utf-8") as f:
+            for line in f:
+                if namespace not in line:
+                    continue
+                e = json.loads(line)
+                ref = e.get("objectRef", {})
+                if ref.get("namespace") == namespace and ref.get("name") == "audited":
+                    found.append(e)
+        return found
+
+    found = wait_until("audit entry for configmap audited", entries, timeout=10)
+    assert {e["verb"] for e in found} == {"create"}, "reads must not be logged"
+    assert found[0]["level"] == "Metadata"
+    assert found[0]["user"]["username"] == "xw-admin"
+    assert "requestObject" not in found[0]
