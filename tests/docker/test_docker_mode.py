@@ -240,7 +240,9 @@ def test_ports_explicit_free_taken_and_released(host: XwHost) -> None:
     p1, p2 = host.ps()["auto1"]["host_port"], host.ps()["auto2"]["host_port"]
     assert p1 != p2
     _run_ok(host, "rm", "auto1")
-    _run_ok(host, "create", "-f", str(host.manifest("auto3")))
+    # Pinning the released port proves it is free again; the lowest free automatic port may be
+    # another one if something else on the host released a lower port meanwhile.
+    _run_ok(host, "create", "-f", str(host.manifest("auto3", port=p1)))
     assert host.ps()["auto3"]["host_port"] == p1
     assert [c.name for c in host.containers() if "busy" in c.name or "pinned2" in c.name] == []
 
