@@ -103,7 +103,9 @@ run_timed() {
   local what="$1"; shift
   local start=$SECONDS
   log "building $what ..."
-  ( while sleep 60; do log "  ... still building $what ($((SECONDS - start))s)"; done ) &
+  # the ticker kills its own sleep on TERM so no stray `sleep` outlives the build
+  ( trap 'kill "${sp:-}" 2>/dev/null; exit 0' TERM
+    while :; do sleep 60 & sp=$!; wait "$sp"; log "  ... still building $what ($((SECONDS - start))s)"; done ) &
   local ticker=$!
   local rc=0
   "$@" || rc=$?
@@ -497,7 +499,6 @@ stop_all() {
     if pid="$(live_pid "$c")"; then
       kill -TERM "$pid" 2>/dev/null || true
       pids+=("$pid:$c")
-      if [[ "$c" == kube-apiserver ]]; then :; fi
     fi
   done
   local deadline=$((SECONDS + 10)) entry left
