@@ -436,6 +436,9 @@ cmd_up() {
   write_kubeconfig "$STATE/kwok.kubeconfig" kwok kwok-controller
   write_audit_policy
   rm -rf "$STATE/etcd"
+  # Fresh cluster, fresh logs: the previous run's audit log and component logs are kept as *.prev.
+  local f
+  for f in "$AUDIT_LOG" "$STATE"/logs/*.log; do [[ -f "$f" ]] && mv -f "$f" "$f.prev"; done
   local pki="$STATE/pki"
 
   start_component etcd --name xw --data-dir "$STATE/etcd" \
