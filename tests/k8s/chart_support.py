@@ -82,10 +82,14 @@ def service_account_token(cluster: Any, namespace: str, name: str) -> str:
 
 
 def can_i(cluster: Any, user: str, verb: str, resource: str, namespace: str | None) -> bool:
+    """``kubectl auth can-i --as``. ``resource`` is ``kind[.group]``, ``kind[.group]/name`` (a named object)
+    or ``kind[.group]:subresource`` (``pods:exec``, ``modelinstances.xw.dev:status``)."""
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
-    proc = cluster.kubectl("auth", "can-i", verb, resource, *scope, "--as", user, check=False)
+    resource, _, sub = resource.partition(":")
+    extra = ["--subresource", sub] if sub else []
+    proc = cluster.kubectl("auth", "can-i", verb, resource, *extra, *scope, "--as", user, check=False)
     answer = proc.stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl auth can-i {verb} {resource}: {proc.stdout} {proc.stderr}"
+    assert answer in ("yes", "no"), f"kubectl auth can-i {verb} {resource} {extra}: {proc.stdout} {proc.stderr}"
     return answer == "yes"
 
 
@@ -137,12 +141,14 @@ def instance_phase(cluster: Any, namespace: str, name: str) -> str | None:
 
 
 def wait_ready(cluster: Any, namespace: str, name: str, logs: Callable[[], str], timeout: float = 180) -> None:
+    def ready() -> bool:
+        # A refused API call never heals by waiting: fail at once, with the refusal.
+        denied = forbidden_lines(logs())
+        assert not denied, "the operator hit a permission it lacks:\n" + "\n".join(denied[:5])
+        return instance_phase(cluster, namespace, name) == "Ready"
+
     try:
-        wait_for(
-            f"ModelInstance {namespace}/{name} Ready",
-            lambda: instance_phase(cluster, namespace, name) == "Ready",
-            timeout,
-        )
+        wait_for(f"ModelInstance {namespace}/{name} Ready", ready, timeout)
     except AssertionError as exc:
         obj = get_json(cluster, "modelinstance", name, "-n", namespace)
         raise AssertionError(
