@@ -17,9 +17,9 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pytest
 
@@ -29,9 +29,7 @@ CLUSTER_SH = REPO / "hack" / "cluster.sh"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "k8s: needs a Kubernetes API server (local loopback cluster or $KUBECONFIG)"
-    )
+    config.addinivalue_line("markers", "k8s: needs a Kubernetes API server (local loopback cluster or $KUBECONFIG)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -39,6 +37,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.k8s)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # A cold build of the cluster binaries takes tens of minutes, far beyond the per-test timeout
+    # (pytest-timeout also covers fixture setup), so build here, before any test starts, when k8s
+    # tests are selected and no external cluster is given. A warm run only verifies the cache (<1 s).
+    if os.environ.get("KUBECONFIG") or not any(
+        HERE in Path(str(item.path)).resolve().parents for item in session.items
+    ):
+        return
+    capman = session.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            _script("build", capture=False)
+    else:
+        _script("build", capture=False)
 
 
 def _script(*args: str, capture: bool = True, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
@@ -65,7 +79,7 @@ def _exports(stdout: str) -> dict[str, str]:
 class Cluster:
     kubeconfig: str
     bin_dir: str
-    audit_log: Optional[str]
+    audit_log: str | None
     started_here: bool = False
 
     @property
@@ -84,14 +98,13 @@ class Cluster:
         return env
 
     def kubectl(
-        self, *args: str, input: Optional[str] = None, check: bool = True, timeout: float = 120
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         cmd = [self.kubectl_path, "--kubeconfig", self.kubeconfig, *args]
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"kubectl {' '.join(args)} failed (rc={proc.returncode}):\n"
-                f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+                f"kubectl {' '.join(args)} failed (rc={proc.returncode}):\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
             )
         return proc
 
@@ -135,8 +148,10 @@ def cluster() -> Iterator[Cluster]:
             return
 
     # Local loopback cluster: reuse it when it is already running, otherwise start (and later stop) it.
-    if Path(local_kubeconfig).exists() and (Path(local_bin) / "kubectl").exists() and _reachable(
-        str(Path(local_bin) / "kubectl"), local_kubeconfig
+    if (
+        Path(local_kubeconfig).exists()
+        and (Path(local_bin) / "kubectl").exists()
+        and _reachable(str(Path(local_bin) / "kubectl"), local_kubeconfig)
     ):
         yield Cluster(local_kubeconfig, local_bin, local_audit)
         return
@@ -165,13 +180,19 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     finally:
         # Custom resources of group xw.dev first (so the operator's finalizers run while the namespace
         # still exists), then the namespace itself without blocking on it.
-        res = cluster.kubectl(
-            "api-resources", "--api-group=xw.dev", "--namespaced=true", "-o", "name", check=False
-        )
+        res = cluster.kubectl("api-resources", "--api-group=xw.dev", "--namespaced=true", "-o", "name", check=False)
         for kind in res.stdout.split() if res.returncode == 0 else []:
             proc = cluster.kubectl(
-                "delete", kind, "--all", "-n", ns, "--wait=true", "--timeout=60s",
-                "--ignore-not-found", check=False, timeout=90,
+                "delete",
+                kind,
+                "--all",
+                "-n",
+                ns,
+                "--wait=true",
+                "--timeout=60s",
+                "--ignore-not-found",
+                check=False,
+                timeout=90,
             )
             if proc.returncode != 0 and "the server doesn't have a resource type" not in proc.stderr:
                 print(f"warning: deleting {kind} in {ns}: {proc.stderr.strip()}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -53,19 +54,20 @@ def deployment(name: str, chips: int) -> str:
     )
 
 
-def pods(cluster, ns: str, selector: str) -> list[dict]:
+def pods(cluster: Any, ns: str, selector: str) -> list[dict[str, Any]]:
     out = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout
-    return json.loads(out)["items"]
+    items: list[dict[str, Any]] = json.loads(out)["items"]
+    return items
 
 
-def condition(pod: dict, type_: str) -> dict:
+def condition(pod: dict[str, Any], type_: str) -> dict[str, Any]:
     for c in pod.get("status", {}).get("conditions", []) or []:
         if c["type"] == type_:
-            return c
+            return dict(c)
     return {}
 
 
-def test_nodes_advertise_accelerators(cluster):
+def test_nodes_advertise_accelerators(cluster: Any) -> None:
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     ascend = [n for n in nodes if n["status"].get("allocatable", {}).get(ASCEND) == "8"]
     assert len(ascend) >= 2, [n["metadata"]["name"] for n in nodes]
@@ -73,10 +75,10 @@ def test_nodes_advertise_accelerators(cluster):
         assert condition(n, "Ready").get("status") == "True", n["metadata"]["name"]
 
 
-def test_pod_fitting_ascend_is_scheduled_and_ready(cluster, namespace):
+def test_pod_fitting_ascend_is_scheduled_and_ready(cluster: Any, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=deployment("fits", 4))
 
-    def ready_pod():
+    def ready_pod() -> Any:
         for p in pods(cluster, namespace, "app=fits"):
             if condition(p, "Ready").get("status") == "True":
                 return p
@@ -88,10 +90,10 @@ def test_pod_fitting_ascend_is_scheduled_and_ready(cluster, namespace):
     assert pod["status"]["phase"] == "Running"
 
 
-def test_pod_not_fitting_stays_pending_with_scheduler_reason(cluster, namespace):
+def test_pod_not_fitting_stays_pending_with_scheduler_reason(cluster: Any, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=deployment("too-big", 16))
 
-    def unschedulable():
+    def unschedulable() -> Any:
         for p in pods(cluster, namespace, "app=too-big"):
             c = condition(p, "PodScheduled")
             if c.get("status") == "False" and c.get("reason") == "Unschedulable":
@@ -104,11 +106,9 @@ def test_pod_not_fitting_stays_pending_with_scheduler_reason(cluster, namespace)
     assert not pod["spec"].get("nodeName")
 
 
-def test_garbage_collector_deletes_owned_objects(cluster, namespace):
+def test_garbage_collector_deletes_owned_objects(cluster: Any, namespace: str) -> None:
     cluster.kubectl("create", "configmap", "owner", "-n", namespace)
-    uid = cluster.kubectl(
-        "get", "configmap", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}"
-    ).stdout
+    uid = cluster.kubectl("get", "configmap", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
     owned = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -120,14 +120,14 @@ def test_garbage_collector_deletes_owned_objects(cluster, namespace):
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(owned))
     cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
 
-    def gone():
+    def gone() -> Any:
         proc = cluster.kubectl("get", "configmap", "owned", "-n", namespace, check=False)
         return proc.returncode != 0 and "NotFound" in proc.stderr
 
     wait_until("owned ConfigMap garbage-collected", gone, timeout=60)
 
 
-def test_rbac_is_enforced_for_service_accounts(cluster, namespace):
+def test_rbac_is_enforced_for_service_accounts(cluster: Any, namespace: str) -> None:
     wait_until(
         "default ServiceAccount",
         lambda: cluster.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0,
@@ -137,19 +137,24 @@ def test_rbac_is_enforced_for_service_accounts(cluster, namespace):
     assert out.stdout.strip() == "no", out
     cluster.kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
     cluster.kubectl(
-        "create", "rolebinding", "rb", "--role=pod-reader", f"--serviceaccount={namespace}:default",
-        "-n", namespace,
+        "create",
+        "rolebinding",
+        "rb",
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:default",
+        "-n",
+        namespace,
     )
     assert cluster.kubectl("auth", "can-i", "list", "pods", "-n", namespace, f"--as={sa}").stdout.strip() == "yes"
 
 
-def test_audit_log_records_writes_at_metadata_level(cluster, namespace):
+def test_audit_log_records_writes_at_metadata_level(cluster: Any, namespace: str) -> None:
     if not cluster.audit_log:
         pytest.skip("audit log path is only known for the local cluster (hack/cluster.sh)")
     cluster.kubectl("create", "configmap", "audited", "-n", namespace)
     cluster.kubectl("get", "configmap", "audited", "-n", namespace)
 
-    def entries():
+    def entries() -> Any:
         found = []
         with open(cluster.audit_log, encoding="utf-8") as f:
             for line in f:

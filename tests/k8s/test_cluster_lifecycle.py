@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,12 +43,10 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(["bash", str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_up_down_twice_leaves_no_process(cluster, tmp_path):
+def test_up_down_twice_leaves_no_process(cluster: Any, tmp_path: Path) -> None:
     bin_dir = Path(run(dict(os.environ), "bin-dir").stdout.strip())
     if not (bin_dir / "kube-apiserver").exists():
         pytest.skip("local cluster binaries not built (make cluster-binaries)")
