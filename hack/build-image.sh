@@ -11,6 +11,8 @@
 #   --local-base   no registry reachable: use (building it once with `hack/test-images.sh base`, cached in
 #                  the engine afterwards) the debootstrap'ed xw-test/python-base:bookworm; implies --wheelhouse
 #
+# Rebuilds only when the inputs changed (the context's files, the base image id, the install mode);
+# XW_IMAGE_REBUILD=1 forces a build.
 # Prints the image tag on stdout; progress and the build time on stderr. Uses BuildKit when the buildx
 # plugin is installed, else the classic builder (the Dockerfile works with both).
 set -euo pipefail
@@ -32,7 +34,7 @@ while [ $# -gt 0 ]; do
     --base) base="$2"; shift 2 ;;
     --wheelhouse) wheelhouse=1; shift ;;
     --local-base) local_base=1; wheelhouse=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -47,6 +49,24 @@ fi
 
 args=()
 [ -n "$base" ] && args+=(--build-arg "BASE_IMAGE=$base")
+
+# Skip the build when the tag already holds an image of exactly these inputs: the files the build context
+# admits (tracked or new, not ignored), the base image's id and the install mode. Set XW_IMAGE_REBUILD=1
+# to force a build.
+HASH_LABEL="xw.image.inputs"
+base_id="$(docker image inspect -f '{{.Id}}' "${base:-python:3.11-slim}" 2>/dev/null || echo "${base:-default}")"
+inputs="$(
+  { git ls-files -co --exclude-standard -- Dockerfile .dockerignore pyproject.toml README.md LICENSE operator configs \
+      | LC_ALL=C sort | while read -r f; do [ -f "$f" ] && sha256sum "$f"; done
+    echo "base=$base_id wheelhouse=$wheelhouse"; } | sha256sum | cut -c1-16
+)"
+if [ "${XW_IMAGE_REBUILD:-0}" != 1 ] \
+  && [ "$(docker image inspect -f "{{ index .Config.Labels \"$HASH_LABEL\" }}" "$tag" 2>/dev/null || true)" = "$inputs" ]; then
+  log "$tag is up to date (inputs $inputs)"
+  echo "$tag"
+  exit 0
+fi
+args+=(--label "$HASH_LABEL=$inputs")
 
 if [ "$wheelhouse" = 1 ]; then
   wh=.cache/wheelhouse

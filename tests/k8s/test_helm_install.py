@@ -49,7 +49,8 @@ CRD_NAME = "modelinstances.xw.dev"
 class Release:
     name: str
     namespace: str  # where the chart's objects live
-    watched: str  # the namespace the operator serves
+    watched: str  # a namespace the operator serves
+    watched2: str  # another one: several --namespace flags reach kopf
     home: Path  # helm's config/cache dirs
 
     @property
@@ -68,23 +69,24 @@ class Release:
 @pytest.fixture(scope="module")
 def release(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     rid = short_id()
-    rel = Release(f"xwop-{rid}", f"xw-system-{rid}", f"t-helm-{rid}", tmp_path_factory.mktemp("helm"))
-    cluster.kubectl("create", "namespace", rel.watched)
-    cluster.kubectl("label", "namespace", rel.watched, "xw.dev/test=true")
+    rel = Release(f"xwop-{rid}", f"xw-system-{rid}", f"t-helm-{rid}", f"t-helm2-{rid}", tmp_path_factory.mktemp("helm"))
+    for ns in (rel.watched, rel.watched2):
+        cluster.kubectl("create", "namespace", ns)
+        cluster.kubectl("label", "namespace", ns, "xw.dev/test=true")
     try:
         # --take-ownership: the CRD is cluster-wide and may already exist (applied by another test session
         # or release); the release adopts it. --wait: the chart's Deployment must become available.
         helm(
             cluster, rel.home,
             "install", rel.name, str(CHART), "--namespace", rel.namespace, "--create-namespace",
-            "--set", f"watchNamespaces={{{rel.watched}}}", "--set", "installCRDs=true",
+            "--set", f"watchNamespaces={{{rel.watched},{rel.watched2}}}", "--set", "installCRDs=true",
             "--take-ownership", "--wait", "--timeout", "180s",
         )  # fmt: skip
         yield rel
     finally:
         helm(cluster, rel.home, "uninstall", rel.name, "--namespace", rel.namespace, "--wait", check=False)
-        cluster.kubectl("delete", "modelinstances", "--all", "-n", rel.watched, "--wait=false", check=False)
-        for ns in (rel.watched, rel.namespace):
+        for ns in (rel.watched, rel.watched2, rel.namespace):
+            cluster.kubectl("delete", "modelinstances", "--all", "-n", ns, "--wait=false", check=False)
             cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
 
@@ -143,7 +145,7 @@ def test_install_creates_every_chart_object(cluster: Any, release: Release) -> N
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
         ["CustomResourceDefinition", "ServiceAccount", "ConfigMap", "Deployment"]
-        + ["Role", "RoleBinding"] * 2  # the watched namespace's and the release namespace's ConfigMap reader
+        + ["Role", "RoleBinding"] * 3  # one per watched namespace, and the release namespace's ConfigMap reader
     )
     for obj in objects:
         ns = obj["metadata"].get("namespace")
@@ -172,6 +174,8 @@ def test_service_account_may_do_what_the_operator_needs(cluster: Any, release: R
         ("create", "events", ns),
         ("get", f"configmap/{release.configmap}", release.namespace),
         ("create", "events", release.namespace),
+        ("watch", "modelinstances.xw.dev", release.watched2),
+        ("create", "deployments.apps", release.watched2),
     ]
     for verb, resource, namespace in allowed:
         assert can_i(cluster, user, verb, resource, namespace), f"{user} cannot {verb} {resource} in {namespace}"
@@ -233,7 +237,7 @@ def _container_image(cluster: Any, ns: str, name: str) -> str | None:
 def test_helm_upgrade_of_devices_config_reaches_the_running_operator(
     cluster: Any, release: Release, operator: RunningOperator, tmp_path: Path
 ) -> None:
-    ns, name = release.watched, "qwen-upgrade"
+    ns, name = release.watched2, "qwen-upgrade"
     apply_sample(cluster, ns, name)
     wait_ready(cluster, ns, name, operator.process.logs)
     old_image = _container_image(cluster, ns, name)
