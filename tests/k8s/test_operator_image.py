@@ -11,6 +11,7 @@ Lives under tests/k8s/ for the ``cluster`` fixture; also marked ``docker``.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -18,16 +19,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import yaml
 from chart_support import (
+    CHART,
     REPO,
     apply_sample,
     flat_kubeconfig,
+    forbidden_lines,
     free_port,
     get_json,
+    helm,
     http_status,
+    service_account_token,
     short_id,
     wait_deleted,
     wait_for,
@@ -135,3 +141,73 @@ def test_image_runs_the_operator_against_the_cluster_to_ready(
     docker("stop", "-t", "30", container_name)
     state = json.loads(docker("inspect", container_name).stdout)[0]["State"]
     assert state["ExitCode"] == 0, f"operator did not stop cleanly on SIGTERM ({state['ExitCode']}):\n{logs()}"
+
+
+def test_image_in_cluster_mode_with_the_chart_args_and_service_account(
+    operator_image: str, cluster: Any, namespace: str, tmp_path: Path, container_name: str
+) -> None:
+    """The image as the chart's pod runs it: in-cluster config from a projected-style token directory,
+    the installed Deployment's args and env, no kubeconfig at all."""
+    rid = short_id()
+    release, release_ns = f"xwimg-{rid}", f"xw-img-{rid}"
+    port = free_port()
+    helm(
+        cluster, tmp_path,
+        "install", release, str(CHART), "-n", release_ns, "--create-namespace", "--set", "installCRDs=false",
+        "--set", f"watchNamespaces={{{namespace}}}", "--set", f"livenessPort={port}",
+        "--set", "image.repository=xw-operator", "--set", "image.tag=test", "--set", "logFormat=json",
+    )  # fmt: skip
+    try:
+        dep = get_json(cluster, "deployment", f"{release}-xw-operator", "-n", release_ns)
+        assert dep is not None
+        spec = dep["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        assert c["image"] == operator_image
+
+        # What the kubelet would project: token, CA bundle, namespace.
+        sa_dir = tmp_path / "serviceaccount"
+        sa_dir.mkdir()
+        (sa_dir / "token").write_text(service_account_token(cluster, release_ns, spec["serviceAccountName"]))
+        kc = flat_kubeconfig(cluster)["clusters"][0]["cluster"]
+        (sa_dir / "ca.crt").write_bytes(base64.b64decode(kc["certificate-authority-data"]))
+        (sa_dir / "namespace").write_text(release_ns)
+        for f in [sa_dir, *sa_dir.iterdir()]:
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        server = urlparse(kc["server"])
+        env = ["-e", f"KUBERNETES_SERVICE_HOST={server.hostname}", "-e", f"KUBERNETES_SERVICE_PORT={server.port}"]
+        for var in c["env"]:
+            value = var.get("value")
+            if value is None:  # downward API fields
+                value = {"metadata.name": container_name, "metadata.namespace": release_ns}[
+                    var["valueFrom"]["fieldRef"]["fieldPath"]
+                ]
+            env += ["-e", f"{var['name']}={value}"]
+        docker(
+            "run", "-d", "--name", container_name, "--network", "host", "--user", "65532:65532",
+            "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "-v", f"{sa_dir}:/var/run/secrets/kubernetes.io/serviceaccount:ro", *env,
+            operator_image, *c["args"],
+        )  # fmt: skip
+
+        def logs() -> str:
+            proc = docker("logs", container_name, check=False)
+            return proc.stdout + proc.stderr
+
+        url = f"http://127.0.0.1:{port}/healthz"
+        try:
+            wait_for("liveness of the in-cluster operator", lambda: http_status(url) == 200, 60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{logs()}") from None
+        name = "qwen3-8b"
+        apply_sample(cluster, namespace, name)
+        wait_ready(cluster, namespace, name, logs)
+        wait_deleted(cluster, namespace, name)
+        text = logs()
+        assert not forbidden_lines(text), text
+        # --json-logs (logFormat=json): every line the operator prints is one JSON object.
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert lines and all(line.startswith("{") and json.loads(line) for line in lines), lines[:5]
+    finally:
+        docker("rm", "-f", container_name, check=False)
+        helm(cluster, tmp_path, "uninstall", release, "-n", release_ns, "--wait", check=False)
+        cluster.kubectl("delete", "namespace", release_ns, "--wait=false", "--ignore-not-found", check=False)
