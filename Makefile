@@ -25,8 +25,8 @@ cluster-binaries: ## build (or reuse) etcd, kube-*, kwok, kubectl, helm into the
 cluster-up: ## start the local loopback cluster; prints export KUBECONFIG=...
 	bash hack/cluster.sh up
 
-cluster-down: ## stop every process cluster-up started
-	bash hack/cluster.sh down
+cluster-down: ## stop the demo's operator (if running) and every process cluster-up started
+	bash hack/demo.sh stop
 
 docker-up: ## install (if needed) and start a Docker engine for the Docker-mode tests
 	bash hack/docker.sh up

@@ -3,6 +3,7 @@
 #
 #   bash hack/demo.sh         bring everything up (idempotent: a second run reuses what is running)
 #   bash hack/demo.sh stop    stop the demo's operator, then the local cluster
+#   bash hack/demo.sh stop-operator   stop only the demo's operator (the tests run their own)
 #
 # The operator runs in the background; its pid is $XW_CLUSTER_DIR/pids/operator.pid and its log
 # $XW_CLUSTER_DIR/logs/operator.log (next to the cluster's own), so one directory holds the whole demo.
@@ -37,6 +38,11 @@ stop_operator() {
   fi
   rm -f "$PID_FILE"
 }
+
+if [[ "${1:-}" == "stop-operator" ]]; then
+  stop_operator
+  exit 0
+fi
 
 if [[ "${1:-}" == "stop" ]]; then
   stop_operator
@@ -92,5 +98,5 @@ The cluster and the operator keep running. To use them from this shell:
   kubectl describe mi -n $NS qwen3-8b       # status, conditions and events
   tail -f $LOG_FILE                          # operator log
 To stop everything (operator, then the cluster):
-  bash hack/demo.sh stop                     # or: kill \$(cat $PID_FILE); make cluster-down
+  make cluster-down                          # = bash hack/demo.sh stop
 EOF

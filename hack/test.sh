@@ -27,6 +27,9 @@ if [ "$mode" = unit ]; then
   exec "$bin/pytest" -q tests/unit
 fi
 
+step "stopping a demo operator if one runs (the tests start their own; two would fight)"
+bash hack/demo.sh stop-operator
+
 step "Kubernetes control plane binaries (built once from Go modules, then cached)"
 bash hack/cluster.sh build
 step "Docker engine and locally built test images"
