@@ -7,65 +7,26 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
-from collections.abc import Callable
 from dataclasses import asdict
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import yaml
 
 from xw_operator import __version__
+from xw_operator.cli_support import devices_config_option, handle_errors, load_config
 from xw_operator.crd import crd_yaml
-from xw_operator.devices import DevicesConfig, default_devices_config_path, load_devices_config
+from xw_operator.devices import DevicesConfig
 from xw_operator.errors import XwError
 from xw_operator.instance import ModelInstance, load_instances
 from xw_operator.plan import Plan, resolve
 from xw_operator.render_docker import render_docker
 from xw_operator.render_kubernetes import render_kubernetes
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_BAD_INPUT = 2
-EXIT_RUNTIME = 1
-
 
 def host_arch() -> str:
     machine = platform.machine().lower()
     return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
-
-
-def fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(func: F) -> F:
-    """Map XwError to exit 2 with its one-line message; nothing else is printed on stdout."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except XwError as exc:
-            fail(" ".join(str(exc).split("\n")), EXIT_BAD_INPUT)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def devices_config_option(func: F) -> F:
-    return click.option(
-        "--devices-config",
-        "devices_config",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="devices.yaml to use (default: $XW_DEVICES_CONFIG, else the shipped configs/devices.yaml).",
-    )(func)
-
-
-def load_config(path: str | None) -> DevicesConfig:
-    return load_devices_config(default_devices_config_path(path))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -21,3 +21,16 @@ class ManifestError(XwError):
 
 class ResolveError(XwError):
     """A valid ModelInstance cannot be realised with this devices.yaml (unknown chip, no image, ...)."""
+
+
+class RuntimeFailure(Exception):
+    """Something failed while acting on a host or cluster (CLI exit code 1); ``step`` names what.
+
+    The message always reads ``<step> failed: <why>`` so a user can tell a pull problem from a device
+    conflict or an engine that exited.
+    """
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step} failed: {reason}")
+        self.step = step
+        self.reason = reason

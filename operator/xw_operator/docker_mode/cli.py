@@ -8,72 +8,28 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from xw_operator.devices import DevicesConfig, default_devices_config_path, load_devices_config
-from xw_operator.errors import XwError
+from xw_operator.cli_support import (
+    devices_config_option,
+    handle_errors,
+    load_config,
+)
 from xw_operator.instance import ModelInstance, load_instances
 
 from .allocation import used_indices
-from .errors import RuntimeFailure
 from .status import Status
 
 if TYPE_CHECKING:  # the Docker SDK (requests) is imported only by commands that need it
     from .runtime import DockerRuntime, InstanceInfo
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_BAD_INPUT = 2
-EXIT_RUNTIME = 1
-
-
-def _fail(message: str, code: int, details: str = "") -> None:
-    click.echo(f"error: {message}", err=True)
-    if details:
-        click.echo(details, err=True)
-    sys.exit(code)
-
-
-def handle_errors(func: F) -> F:
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except XwError as exc:
-            _fail(" ".join(str(exc).split()), EXIT_BAD_INPUT)
-        except RuntimeFailure as exc:
-            first, _, rest = str(exc).partition("\n")
-            _fail(first, EXIT_RUNTIME, rest)
-        except Exception as exc:
-            if type(exc).__module__.startswith("docker."):  # any Docker SDK error is a runtime failure
-                _fail(f"docker: {exc}", EXIT_RUNTIME)
-            raise
-
-    return wrapper  # type: ignore[return-value]
-
-
-def devices_config_option(func: F) -> F:
-    return click.option(
-        "--devices-config",
-        "devices_config",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="devices.yaml to use (default: $XW_DEVICES_CONFIG, else the shipped configs/devices.yaml).",
-    )(func)
-
-
-def _config(path: str | None) -> DevicesConfig:
-    return load_devices_config(default_devices_config_path(path))
-
 
 def _runtime(devices_config: str | None) -> DockerRuntime:
     from .runtime import DockerRuntime
 
-    return DockerRuntime(_config(devices_config), out=lambda line: click.echo(line, err=True))
+    return DockerRuntime(load_config(devices_config), out=lambda line: click.echo(line, err=True))
 
 
 def _load(filename: str) -> list[ModelInstance]:

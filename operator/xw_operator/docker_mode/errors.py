@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
+from xw_operator.errors import RuntimeFailure
 
-class RuntimeFailure(Exception):
-    """Something failed while acting on the host; ``step`` names what xw was doing.
-
-    The message always reads ``<step> failed: <why>`` so a user can tell a pull problem from a device
-    conflict or an engine that exited.
-    """
-
-    def __init__(self, step: str, reason: str) -> None:
-        super().__init__(f"{step} failed: {reason}")
-        self.step = step
-        self.reason = reason
+__all__ = ["NotFound", "RuntimeFailure"]
 
 
 class NotFound(RuntimeFailure):
