@@ -410,8 +410,23 @@ nodes_ready() {
   [[ "$n" -ge "$(grep -c '^kind: Node' "$HERE/cluster/kwok-nodes.yaml")" ]]
 }
 
+# openssl (certificates) and curl (health checks) come with Debian's standard images; install them
+# when a minimal machine lacks them, so `up` never fails half-way for a missing tool.
+ensure_host_tools() {
+  local want=()
+  command -v openssl >/dev/null 2>&1 || want+=(openssl)
+  command -v curl >/dev/null 2>&1 || want+=(curl)
+  command -v flock >/dev/null 2>&1 || want+=(util-linux)
+  ((${#want[@]})) || return 0
+  command -v apt-get >/dev/null 2>&1 || die "missing ${want[*]}; install them (no apt-get here)"
+  log "installing ${want[*]} (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}" >&2
+}
+
 cmd_up() {
   local t0=$SECONDS
+  ensure_host_tools
   stamp_matches || cmd_build
   mkdir -p "$STATE"/{pids,logs}
   exec 9> "$STATE/lock"
