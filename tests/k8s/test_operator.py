@@ -139,6 +139,40 @@ def test_sample_instance_becomes_ready_with_device_resources_and_endpoint(
     assert any(e["reason"] == "AllReplicasReady" for e in events_for(cluster, namespace, "qwen3-8b"))
 
 
+def test_manual_edit_of_a_deployment_is_reverted_without_a_write_loop(
+    cluster: Any, namespace: str, xw_operator: OperatorProcess
+) -> None:
+    apply(cluster, namespace, instance("drift", chip="nvidia-t4", count=1))
+    wait_ready(cluster, namespace, "drift")
+    dep = get(cluster, namespace, "deployment", "drift")
+    assert dep is not None
+    image = engine_container(dep)["image"]
+    cluster.kubectl("set", "image", "-n", namespace, "deployment/drift", "engine=example.org/not-ours:1")
+
+    def reverted() -> dict[str, Any] | None:
+        live = get(cluster, namespace, "deployment", "drift")
+        return live if live and engine_container(live)["image"] == image else None
+
+    wait_for("the operator to put the image back", reverted)
+    if not cluster.audit_log:
+        return
+    time.sleep(2)  # the revert's own watch event arrives and must not cause another write
+    audit = Path(cluster.audit_log)
+    offset = audit.stat().st_size
+    time.sleep(4)
+    with audit.open("rb") as fh:
+        fh.seek(offset)
+        entries = [json.loads(line) for line in fh.read().decode().splitlines() if line.strip()]
+    writes = [
+        e
+        for e in entries
+        if e["verb"] in WRITE_VERBS
+        and e["objectRef"].get("namespace") == namespace
+        and e["objectRef"].get("resource") == "deployments"
+    ]
+    assert writes == [], "the operator keeps rewriting the Deployment"
+
+
 def test_editing_engine_args_rolls_out_a_new_generation(
     cluster: Any, namespace: str, xw_operator: OperatorProcess
 ) -> None:

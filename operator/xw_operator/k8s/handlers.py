@@ -13,6 +13,7 @@ remove the children, and a stopped operator can never block deletion of an insta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -60,11 +61,18 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, store: Con
 
     @kopf.on.event("apps", "v1", "deployments", labels=selector, registry=registry)
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
-    def child_changed(body: Mapping[str, Any], **_: Any) -> None:
+    def child_changed(body: Mapping[str, Any], type: str | None = None, **_: Any) -> None:
         owner = _owner(body)
         if owner is None:
             return
         try:
+            if type != "DELETED" and reconciler.drifted(body):
+                # Someone changed a spec the operator owns: level-based means putting it back.
+                log.warning("%s %s/%s was changed outside xw-operator; re-applying", body.get("kind"), *owner)
+                # On InvalidSpec the status already says why; the last valid spec's children stay.
+                with contextlib.suppress(InvalidSpec):
+                    reconciler.reconcile(*owner)
+                return
             reconciler.refresh_status(*owner)
         except ApiError as exc:
             # The next event of this child (or the instance) recomputes status from scratch.

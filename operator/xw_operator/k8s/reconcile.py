@@ -118,15 +118,32 @@ def desired_state(body: Mapping[str, Any], config: DevicesConfig) -> Desired:
     return Desired(instance, plan, children)
 
 
-def is_current(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
-    """The live child was applied from exactly this rendering and is not being deleted."""
+def is_current(desired: Mapping[str, Any], live: Mapping[str, Any] | None, known_generation: int | None = None) -> bool:
+    """The live child was applied from exactly this rendering, is not being deleted and, when we know
+    the generation our last apply produced, nobody has changed its spec since."""
     if live is None or live.get("metadata", {}).get("deletionTimestamp"):
         return False
     want = desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
     have = (live.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
     owners = {o.get("uid") for o in live.get("metadata", {}).get("ownerReferences") or []}
     wanted_owners = {o.get("uid") for o in desired["metadata"].get("ownerReferences") or []}
+    if known_generation is not None and generation_of(live) not in (None, known_generation):
+        return False
     return bool(want == have and wanted_owners <= owners)
+
+
+def generation_of(obj: Mapping[str, Any] | None) -> int | None:
+    """metadata.generation: bumped by the API server on every spec change (Deployments have it)."""
+    value = (obj or {}).get("metadata", {}).get("generation")
+    return int(value) if value is not None else None
+
+
+ChildKey = tuple[str, str, str]  # kind, namespace, name
+
+
+def child_key(obj: Mapping[str, Any]) -> ChildKey:
+    meta = obj.get("metadata", {})
+    return str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name"))
 
 
 def normalise_status(status: Mapping[str, Any] | None) -> Obj:
@@ -157,14 +174,26 @@ def instance_path(namespace: str, name: str, *, status: bool = False) -> str:
     return object_path(API_VERSION, PLURAL, namespace, name) + ("/status" if status else "")
 
 
-def apply_children(api: KubeApi, desired: Desired) -> list[str]:
-    """Server-side apply each child that is not current; returns ``Kind/name`` of those applied."""
+def apply_children(api: KubeApi, desired: Desired, generations: dict[ChildKey, int] | None = None) -> list[str]:
+    """Server-side apply each child that is not current; returns ``Kind/name`` of those applied.
+
+    ``generations`` remembers the generation each of our applies produced. A later spec change by
+    someone else (``kubectl edit``, ``kubectl set image``) bumps the generation past it, so the child
+    no longer counts as current and is applied again: drift is corrected. A child first seen as
+    current (e.g. after an operator restart) sets the baseline without a write.
+    """
+    generations = generations if generations is not None else {}
     applied = []
     for child in desired.children:
+        key = child_key(child)
         live = api.get(_path(child))
-        if is_current(child, live):
+        if is_current(child, live, generations.get(key)):
+            if (gen := generation_of(live)) is not None:
+                generations[key] = gen
             continue
-        api.apply(child)
+        result = api.apply(child)
+        if (gen := generation_of(result)) is not None:
+            generations[key] = gen
         applied.append(f"{child['kind']}/{child['metadata']['name']}")
     return applied
 
@@ -182,6 +211,8 @@ class Reconciler:
         self.api = api
         self.config_source = config_source  # anything with a ``.current`` DevicesConfig
         self.locks = InstanceLocks()
+        # Generation of each child after our last apply (or first sight); see apply_children.
+        self.generations: dict[ChildKey, int] = {}
 
     @property
     def config(self) -> DevicesConfig:
@@ -199,11 +230,17 @@ class Reconciler:
             except InvalidSpec as exc:
                 self._write_status(body, self._observe(body, None, exc.failure))
                 raise
-            applied = apply_children(self.api, desired)
+            applied = apply_children(self.api, desired, self.generations)
             if applied:
                 log.info("ModelInstance %s/%s: applied %s", namespace, name, ", ".join(applied))
             self._write_status(body, self._observe(body, desired, None))
             return applied
+
+    def drifted(self, child: Mapping[str, Any]) -> bool:
+        """A child's spec changed since our last apply: someone else edited it."""
+        known = self.generations.get(child_key(child))
+        live = generation_of(child)
+        return known is not None and live is not None and live != known
 
     def refresh_status(self, namespace: str, name: str) -> None:
         """Recompute status from the live children (a Deployment or Pod changed)."""
