@@ -41,3 +41,8 @@ def instance_labels(name: str, *, engine: str | None = None, chip: str | None = 
 def is_bookkeeping_annotation(key: str) -> bool:
     """True for annotations that belong to kopf, kubectl or the operator's own diff base."""
     return key == LAST_HANDLED_ANNOTATION or key.startswith(FOREIGN_ANNOTATION_PREFIXES)
+
+
+# On pods that reach their chips through hostPath device nodes (no device plugin): nothing allocates
+# chips between such pods, so they repel each other (one per node) instead of silently sharing chips.
+HOST_DEVICES_KEY = "xw.dev/host-devices"

@@ -11,8 +11,8 @@ Two ways a pod reaches its accelerators:
   undoes the allocation). Capabilities, driver mounts, shm and static env still apply.
 * **host-device mode** (no ``resource_name``): every device node of the plan is a ``hostPath`` volume and
   the container is privileged, always: without it the device cgroup denies access to the mounted nodes.
-  There is no allocator in this mode, so two instances on one node share chips; it suits single-tenant
-  nodes and development.
+  Nothing allocates chips between pods in this mode, so such pods carry ``xw.dev/host-devices: "true"``
+  and a required pod anti-affinity on it: at most one per node, rather than two silently sharing chips.
 
 The output is deterministic (same input → byte-identical YAML) so the operator can compare desired with
 actual, and it carries nothing from the ModelInstance's own metadata besides name and namespace: kopf's
@@ -21,13 +21,14 @@ and kubectl's bookkeeping annotations never reach the children.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from typing import Any
 
 from xw_operator.errors import ResolveError
 from xw_operator.instance import API_VERSION, KIND, ModelInstance
-from xw_operator.labels import instance_labels, selector_labels
+from xw_operator.labels import HOST_DEVICES_KEY, instance_labels, selector_labels
 from xw_operator.plan import Plan
 
 ENGINE_CONTAINER = "engine"
@@ -122,7 +123,7 @@ def _deployment(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
             "progressDeadlineSeconds": startup + PROGRESS_MARGIN_SECONDS,
             "revisionHistoryLimit": 3,
             "template": {
-                "metadata": {"labels": instance_labels(instance.name, engine=plan.engine, chip=plan.chip)},
+                "metadata": {"labels": _pod_labels(instance, plan)},
                 "spec": _pod_spec(instance, plan),
             },
         },
@@ -143,11 +144,34 @@ def _pod_spec(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
     tolerations = _tolerations(instance, plan)
     if tolerations:
         spec["tolerations"] = tolerations
-    if instance.spec.affinity:
-        spec["affinity"] = instance.spec.affinity
+    affinity = _affinity(instance, plan)
+    if affinity:
+        spec["affinity"] = affinity
     spec["containers"] = [_container(instance, plan, mounts)]
     spec["volumes"] = volumes
     return spec
+
+
+def _pod_labels(instance: ModelInstance, plan: Plan) -> dict[str, str]:
+    labels = instance_labels(instance.name, engine=plan.engine, chip=plan.chip)
+    if not device_plugin_mode(plan):
+        labels[HOST_DEVICES_KEY] = "true"
+    return labels
+
+
+def _affinity(instance: ModelInstance, plan: Plan) -> dict[str, Any] | None:
+    """The user's affinity, plus, in host-device mode, one such pod per node (see the module doc)."""
+    affinity = copy.deepcopy(instance.spec.affinity) if instance.spec.affinity else {}
+    if not device_plugin_mode(plan):
+        anti = affinity.setdefault("podAntiAffinity", {})
+        anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(
+            {
+                "labelSelector": {"matchLabels": {HOST_DEVICES_KEY: "true"}},
+                "topologyKey": "kubernetes.io/hostname",
+                "namespaceSelector": {},  # every namespace: chips are a node-wide resource
+            }
+        )
+    return affinity or None
 
 
 def _node_selector(instance: ModelInstance, plan: Plan) -> dict[str, str]:

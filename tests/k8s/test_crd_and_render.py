@@ -279,3 +279,39 @@ def test_rendered_pods_schedule_onto_a_node_with_the_chip(
     assert node_name.startswith(node_prefix), node_name
     node = json.loads(cluster.kubectl("get", "node", node_name, "-o", "json").stdout)
     assert node["metadata"]["labels"]["kubernetes.io/arch"] == arch
+
+
+def test_host_device_pods_never_share_a_node(cluster: Any, namespace: str) -> None:
+    """Without a device plugin nothing allocates chips between pods: a second one must not land beside the
+    first. The acme profile is pinned to the single NVIDIA kwok node here (it has no node of its own)."""
+    names = ["hostdev-a", "hostdev-b"]
+    for name in names:
+        spec = spec_for("acme-npu", 1, {"hostPath": "/m"}, nodeSelector={"kubernetes.io/hostname": "kwok-nvidia-0"})
+        doc = manifest(name, spec)
+        doc["metadata"]["namespace"] = namespace
+        instance = parse_instance(doc)
+        config = configs()["host-device"]
+        objects = render_kubernetes(instance, resolve(instance, config))
+        # The acme profile's own selector/toleration would match no kwok node; keep the hostname pin only.
+        pod_spec = objects[0]["spec"]["template"]["spec"]
+        pod_spec["nodeSelector"] = {"kubernetes.io/hostname": "kwok-nvidia-0"}
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
+    cluster.kubectl("rollout", "status", "deployment/hostdev-a", "-n", namespace, "--timeout=120s", timeout=150)
+
+    def pending_b() -> dict[str, Any] | None:
+        pods = json.loads(
+            cluster.kubectl(
+                "get", "pods", "-n", namespace, "-l", "xw.dev/model-instance=hostdev-b", "-o", "json"
+            ).stdout
+        )["items"]
+        for p in pods:
+            for c in p.get("status", {}).get("conditions") or []:
+                if c["type"] == "PodScheduled" and c["status"] == "False" and "anti-affinity" in c.get("message", ""):
+                    return dict(p)
+        return None
+
+    deadline = time.monotonic() + 60
+    while (pod := pending_b()) is None:
+        assert time.monotonic() < deadline, "hostdev-b was not held back by the anti-affinity"
+        time.sleep(1)
+    assert "nodeName" not in pod["spec"]

@@ -512,3 +512,37 @@ def test_cli_render_prints_deployment_and_service(tmp_path: Path) -> None:
         ("v1", "Service", "qwen3-8b"),
     ]
     assert docs[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"huawei.com/Ascend910": 4}
+
+
+def test_host_device_pods_repel_each_other_across_namespaces(host_device_config: DevicesConfig) -> None:
+    dep, _ = render(instance("acme-npu", 2), host_device_config)
+    template = dep["spec"]["template"]
+    assert template["metadata"]["labels"]["xw.dev/host-devices"] == "true"
+    terms = template["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == [
+        {
+            "labelSelector": {"matchLabels": {"xw.dev/host-devices": "true"}},
+            "topologyKey": "kubernetes.io/hostname",
+            "namespaceSelector": {},
+        }
+    ]
+
+
+def test_host_device_anti_affinity_is_added_to_the_users_affinity(host_device_config: DevicesConfig) -> None:
+    user = {
+        "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {}}]},
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone"}]},
+    }
+    inst = instance("acme-npu", 1)
+    inst = inst.model_copy(update={"spec": inst.spec.model_copy(update={"affinity": user})})
+    affinity = pod(render(inst, host_device_config)[0])["affinity"]
+    assert affinity["nodeAffinity"] == user["nodeAffinity"]
+    terms = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms[0] == {"topologyKey": "zone"} and terms[1]["topologyKey"] == "kubernetes.io/hostname"
+    assert user["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == [{"topologyKey": "zone"}]
+
+
+def test_device_plugin_pods_have_no_host_device_label_or_anti_affinity(shipped_config: DevicesConfig) -> None:
+    dep, _ = render(instance("ascend-910b", 4), shipped_config)
+    assert "xw.dev/host-devices" not in dep["spec"]["template"]["metadata"]["labels"]
+    assert "affinity" not in pod(dep)
