@@ -37,8 +37,9 @@ docker-down: ## stop the Docker engine docker-up started
 images: ## build the local stand-in engine images and the Debian base image (cached)
 	bash hack/test-images.sh && bash hack/test-images.sh base
 
-crds: ## regenerate crds/ from the pydantic API model
-	bash hack/venv.sh >/dev/null && .venv/bin/xw crds > crds/modelinstances.xw.dev.yaml
+crds: ## regenerate crds/ from the pydantic API model and copy it (and devices.yaml) into the chart
+	bash hack/venv.sh >/dev/null && .venv/bin/xw crds -o crds/modelinstances.xw.dev.yaml
+	bash hack/sync-chart-files.sh
 
 bench: ## run the benchmarks
 	bash hack/venv.sh >/dev/null && .venv/bin/python bench/run.py
