@@ -424,13 +424,8 @@ def _split_image(image: str) -> tuple[str, str | None]:
 
 
 def _sdk_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Adapt render_docker's JSON-friendly output to the SDK: a port binding must be an (ip, port) tuple
-    (a list means "several bindings" to the SDK), and None entrypoint/command mean "image default"."""
+    """None entrypoint/command mean "the image's default": the SDK wants those keys absent."""
     out = dict(params)
-    out["ports"] = {
-        k: tuple(v) if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) else v
-        for k, v in (params.get("ports") or {}).items()
-    }
     for key in ("entrypoint", "command"):
         if out.get(key) is None:
             out.pop(key, None)
