@@ -30,7 +30,7 @@ WORKLOAD_RULES = [
     {"apiGroups": ["xw.dev"], "resources": ["modelinstances/status"], "verbs": ["patch"]},
     {"apiGroups": ["xw.dev"], "resources": ["modelinstances/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]

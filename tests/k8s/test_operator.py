@@ -173,6 +173,24 @@ def test_manual_edit_of_a_deployment_is_reverted_without_a_write_loop(
     assert writes == [], "the operator keeps rewriting the Deployment"
 
 
+def test_children_deleted_by_hand_are_recreated(cluster: Any, namespace: str, xw_operator: OperatorProcess) -> None:
+    apply(cluster, namespace, instance("phoenix", chip="metax-c550", count=1))
+    wait_ready(cluster, namespace, "phoenix")
+    old = {kind: get(cluster, namespace, kind, "phoenix") for kind in ("deployment", "service")}
+    cluster.kubectl("delete", "-n", namespace, "deployment/phoenix", "service/phoenix", "--wait=true")
+
+    def recreated() -> dict[str, Any] | None:
+        new = {kind: get(cluster, namespace, kind, "phoenix") for kind in ("deployment", "service")}
+        fresh = all(
+            new[k] is not None and new[k]["metadata"]["uid"] != old[k]["metadata"]["uid"]  # type: ignore[index]
+            for k in new
+        )
+        return new if fresh else None
+
+    wait_for("the operator to re-create the deleted children", recreated)
+    wait_ready(cluster, namespace, "phoenix")
+
+
 def test_editing_engine_args_rolls_out_a_new_generation(
     cluster: Any, namespace: str, xw_operator: OperatorProcess
 ) -> None:

@@ -2,8 +2,9 @@
 
 - ModelInstance create/update/resume -> one idempotent ``reconcile`` (level-based: the handler reads the
   object fresh and converges; it never acts on the diff kopf computed).
-- Deployment and Pod events (server-side filtered to ``app.kubernetes.io/managed-by=xw-operator``) ->
-  recompute the owning instance's status.
+- Deployment, Service and Pod events (server-side filtered to ``app.kubernetes.io/managed-by=xw-operator``)
+  -> recompute the owning instance's status; a Deployment or Service deleted or whose spec someone else
+  changed -> reconcile the instance, which puts it back.
 - A probe reporting the devices.yaml state on the liveness endpoint.
 
 Handlers are synchronous: kopf runs them in its thread pool, where the blocking HTTP client belongs.
@@ -60,15 +61,25 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, store: Con
             raise kopf.TemporaryError(f"API error, retrying: {exc}", delay=RETRY_DELAY) from None
 
     @kopf.on.event("apps", "v1", "deployments", labels=selector, registry=registry)
+    @kopf.on.event("", "v1", "services", labels=selector, registry=registry)
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
     def child_changed(body: Mapping[str, Any], type: str | None = None, **_: Any) -> None:
         owner = _owner(body)
         if owner is None:
             return
+        kind = body.get("kind")
         try:
-            if type != "DELETED" and reconciler.drifted(body):
-                # Someone changed a spec the operator owns: level-based means putting it back.
-                log.warning("%s %s/%s was changed outside xw-operator; re-applying", body.get("kind"), *owner)
+            if kind != "Pod" and (type == "DELETED" or reconciler.drifted(body)):
+                # Level-based: a child deleted or edited by someone else is put back. (When the instance
+                # itself is being deleted, reconcile sees that and does nothing.)
+                log.warning(
+                    "%s %s/%s was %s outside xw-operator; reconciling",
+                    kind,
+                    *owner,
+                    "deleted" if type == "DELETED" else "changed",
+                )
+                if type == "DELETED":
+                    reconciler.forget(body)  # a drifted child keeps its record: that is how it is seen as stale
                 # On InvalidSpec the status already says why; the last valid spec's children stay.
                 with contextlib.suppress(InvalidSpec):
                     reconciler.reconcile(*owner)
@@ -76,7 +87,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, store: Con
             reconciler.refresh_status(*owner)
         except ApiError as exc:
             # The next event of this child (or the instance) recomputes status from scratch.
-            log.warning("status refresh of %s/%s failed: %s", *owner, exc)
+            log.warning("reconcile/status refresh of %s/%s failed: %s", *owner, exc)
 
     @kopf.on.probe(id="devicesConfig", registry=registry)
     def devices_config(**_: Any) -> dict[str, Any]:

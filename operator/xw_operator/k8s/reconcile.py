@@ -236,6 +236,10 @@ class Reconciler:
             self._write_status(body, self._observe(body, desired, None))
             return applied
 
+    def forget(self, child: Mapping[str, Any]) -> None:
+        """Drop what we remembered of a child that someone else deleted or changed."""
+        self.generations.pop(child_key(child), None)
+
     def drifted(self, child: Mapping[str, Any]) -> bool:
         """A child's spec changed since our last apply: someone else edited it."""
         known = self.generations.get(child_key(child))
