@@ -6,8 +6,6 @@ Exit codes: 0 success; 2 bad input (one clear line on stderr, nothing on stdout)
 from __future__ import annotations
 
 import json
-import platform
-from dataclasses import asdict
 from typing import Any
 
 import click
@@ -24,25 +22,10 @@ from xw_operator.render_docker import render_docker
 from xw_operator.render_kubernetes import render_kubernetes
 
 
-def host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xw")
 def main() -> None:
     """xw: run LLM inference engines on any AI accelerator, on Kubernetes or one Docker host."""
-
-
-def plan_document(plan: Plan) -> dict[str, Any]:
-    doc = asdict(plan)
-    doc["env"] = dict(plan.env)
-    doc["device_nodes"] = [str(d) for d in plan.device_nodes]
-    doc["volumes"] = [str(v) for v in plan.volumes]
-    doc["kubernetes"] = plan.kubernetes.model_dump() if plan.kubernetes else None
-    # Tuples → lists so the YAML is plain.
-    return dict(json.loads(json.dumps(doc)))
 
 
 def resolve_for(instance: ModelInstance, config: DevicesConfig, arch: str | None) -> Plan:
