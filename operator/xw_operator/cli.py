@@ -33,7 +33,7 @@ def resolve_for(instance: ModelInstance, config: DevicesConfig, arch: str | None
     try:
         return resolve(instance, config, arch=arch)
     except XwError as exc:
-        raise type(exc)(f"ModelInstance {instance.name}: {exc}") from None
+        raise type(exc)(f"ModelInstance {instance.name}: {exc}", reason=exc.reason) from None
 
 
 def render_instance_kubernetes(
@@ -44,7 +44,7 @@ def render_instance_kubernetes(
     try:
         return render_kubernetes(instance, plan)
     except XwError as exc:
-        raise type(exc)(f"ModelInstance {instance.name}: {exc}") from None
+        raise type(exc)(f"ModelInstance {instance.name}: {exc}", reason=exc.reason) from None
 
 
 def render_instance_docker(

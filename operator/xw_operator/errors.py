@@ -2,6 +2,9 @@
 
 Every message says what was wrong, where (file, field path, object) and what would be right, so the CLI
 can print it on one line and the operator can put it in a status condition unchanged.
+
+Each bad-input error carries a ``reason`` (CamelCase, the status condition reason): the operator and the
+CLI decide what to do from the type and its reason, never by reading the message text.
 """
 
 from __future__ import annotations
@@ -10,9 +13,18 @@ from __future__ import annotations
 class XwError(Exception):
     """Bad input: a user or administrator must change something. CLI exit code 2; never retried."""
 
+    reason = "InvalidSpec"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
 
 class ConfigError(XwError):
-    """devices.yaml is invalid (the operator keeps the last good one)."""
+    """devices.yaml (or a recipe file beside it) is invalid (the operator keeps the last good one)."""
+
+    reason = "InvalidDevicesConfig"
 
 
 class ManifestError(XwError):
@@ -21,6 +33,31 @@ class ManifestError(XwError):
 
 class ResolveError(XwError):
     """A valid ModelInstance cannot be realised with this devices.yaml (unknown chip, no image, ...)."""
+
+
+class UnknownChip(ResolveError):
+    """spec.devices.chip names no chip profile (neither devices.yaml nor a code sandbox)."""
+
+    reason = "UnknownChip"
+
+
+class NoSandbox(ResolveError):
+    """The chip exists but has no device sandbox for the requested engine."""
+
+    reason = "NoSandbox"
+
+
+class ImageNotAvailable(ResolveError):
+    """No image is configured for the chip, engine and architecture (``NONE`` or missing)."""
+
+    reason = "ImageNotAvailable"
+
+
+class PolicyRefused(ResolveError):
+    """The administrator's policy forbids what the instance asks for; ``reason`` says which rule
+    (e.g. ``ImageNotAllowed``, ``HostPathNotAllowed``)."""
+
+    reason = "PolicyRefused"
 
 
 class RuntimeFailure(Exception):

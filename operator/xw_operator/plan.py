@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from xw_operator.devices import ARCHES, DevicesConfig, KubernetesProfile, VolumeSpec
 from xw_operator.engines import CONTAINER_PORT, MODEL_MOUNT_PATH, EngineContext, build_command
-from xw_operator.errors import ResolveError
+from xw_operator.errors import ImageNotAvailable, PolicyRefused, ResolveError
 from xw_operator.instance import ModelInstance
 from xw_operator.sandbox import DeviceNode, DeviceSandbox, SandboxRegistry, select_sandbox
 from xw_operator.topology import best_indices
@@ -81,7 +81,7 @@ def resolve(
     if spec.model.source.host_path:
         refusal = config.policy.check_model_host_path(spec.model.source.host_path)
         if refusal:
-            raise ResolveError(refusal)
+            raise PolicyRefused(refusal, reason="HostPathNotAllowed")
     sandbox = select_sandbox(config, chip_key, engine, registry)
 
     capacity = sandbox.device_capacity()
@@ -188,7 +188,7 @@ def _image(
     image = configured(chosen) if chosen else None
     if not image:
         where = f"runtime_images.{engine}.{chosen or arch or '<arch>'}"
-        raise ResolveError(
+        raise ImageNotAvailable(
             f"chip {chip_key} has no {engine} image for {chosen or arch or 'any architecture'} "
             f"({where} is NONE or missing); supported architectures: {', '.join(supported) or 'none'}; "
             "set spec.engine.image to use your own"

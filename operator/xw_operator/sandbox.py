@@ -22,7 +22,7 @@ from xw_operator.devices import (
     VolumeSpec,
     device_index,
 )
-from xw_operator.errors import ResolveError
+from xw_operator.errors import NoSandbox, UnknownChip
 
 GIB = 1024**3
 
@@ -206,9 +206,9 @@ def select_sandbox(
         return coded
     if ref is None and chip_key not in registry.chip_keys():
         known = sorted(set(config.chip_keys) | registry.chip_keys())
-        raise ResolveError(f"unknown chip {chip_key!r} (engine {engine!r}); known chips: {', '.join(known) or 'none'}")
+        raise UnknownChip(f"unknown chip {chip_key!r} (engine {engine!r}); known chips: {', '.join(known) or 'none'}")
     engines = sorted(_engines_for(ref, chip_key, registry.sandboxes))
-    raise ResolveError(
+    raise NoSandbox(
         f"chip {chip_key!r} has no device sandbox for engine {engine!r}; "
         f"engines with a sandbox for this chip: {', '.join(engines) or 'none'}"
     )

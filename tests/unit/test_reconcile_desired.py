@@ -114,7 +114,7 @@ def test_live_child_with_the_same_hash_is_current(shipped_config: DevicesConfig)
     [
         ({"devices": {"chip": "tpu-v9", "count": 1}}, "UnknownChip", "tpu-v9"),
         ({"devices": {"chip": "ascend-910b", "count": 16}}, "InvalidSpec", "16"),
-        ({"engine": {"name": "sglang"}}, "InvalidSpec", "sglang"),
+        ({"engine": {"name": "sglang"}}, "NoSandbox", "sglang"),
     ],
 )
 def test_bad_input_is_invalid_spec_with_a_reason(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xw_operator.devices import DevicesConfig
-from xw_operator.errors import ManifestError, XwError
+from xw_operator.errors import XwError
 from xw_operator.instance import GROUP, PLURAL, VERSION, ModelInstance, ModelInstanceStatus, parse_instance
 from xw_operator.k8s.client import KubeApi, object_path
 from xw_operator.k8s.events import now_rfc3339, post_event, transition_event
@@ -97,24 +97,21 @@ def stamp(obj: Mapping[str, Any]) -> Obj:
     return out
 
 
-def classify_failure(exc: XwError, chip: str | None, config: DevicesConfig) -> Failure:
-    """Reason for the Failed phase: UnknownChip when devices.yaml lacks the chip, else InvalidSpec."""
-    if not isinstance(exc, ManifestError) and chip and config.find_chip(chip) is None and "chip" in str(exc):
-        return Failure("UnknownChip", str(exc))
-    return Failure("InvalidSpec", str(exc))
+def classify_failure(exc: XwError) -> Failure:
+    """Reason for the Failed phase: the error type's own reason (UnknownChip, NoSandbox, ...)."""
+    return Failure(exc.reason, str(exc))
 
 
 def desired_state(body: Mapping[str, Any], config: DevicesConfig) -> Desired:
     """Parse, resolve and render; every bad-input error becomes :class:`InvalidSpec`."""
     meta = body.get("metadata", {})
     where = f"ModelInstance {meta.get('namespace')}/{meta.get('name')}"
-    chip = (body.get("spec") or {}).get("devices", {}).get("chip")
     try:
         instance = parse_instance(dict(body), source=where)
         plan = resolve(instance, config)
         children = tuple(stamp(obj) for obj in render_kubernetes(instance, plan))
     except XwError as exc:
-        raise InvalidSpec(classify_failure(exc, chip, config)) from None
+        raise InvalidSpec(classify_failure(exc)) from None
     return Desired(instance, plan, children)
 
 
