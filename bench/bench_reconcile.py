@@ -53,7 +53,7 @@ def main() -> None:
     def baseline() -> None:
         for b in bodies:
             inst = parse_instance(b)
-            render_kubernetes(inst, resolve(inst, config))
+            render_kubernetes(inst, resolve(inst, config).bind())
 
     def decide() -> None:
         for b, lv in zip(bodies, live, strict=True):

@@ -29,9 +29,12 @@ def main() -> None:
 
 
 def resolve_for(instance: ModelInstance, config: DevicesConfig, arch: str | None) -> Plan:
-    """resolve() with the instance named in the error, since a file may hold several."""
+    """resolve() and bind(None) with the instance named in the error, since a file may hold several.
+
+    Unbound, the plan uses spec.devices.indices or the topology-best set of an empty host.
+    """
     try:
-        return resolve(instance, config, arch=arch)
+        return resolve(instance, config, arch=arch).bind(None)
     except XwError as exc:
         raise type(exc)(f"ModelInstance {instance.name}: {exc}", reason=exc.reason) from None
 
@@ -50,11 +53,9 @@ def render_instance_kubernetes(
 def render_instance_docker(
     instance: ModelInstance, config: DevicesConfig, arch: str | None, server_name: str
 ) -> dict[str, Any]:
+    """What `xw run` would create, except the host port when spec.port is not given (run picks it)."""
     plan = resolve_for(instance, config, arch)
-    host_path = instance.spec.model.source.host_path
-    if instance.spec.model.source.pvc is not None:
-        raise XwError(f"ModelInstance {instance.name}: a pvc model source exists only on Kubernetes; use hostPath")
-    return render_docker(plan, server_name=server_name, host_port=instance.spec.port, model_host_path=host_path)
+    return render_docker(plan, server_name=server_name, host_port=plan.requested_host_port)
 
 
 @main.command()
@@ -80,7 +81,8 @@ def render(filename: str, devices_config: str | None, arch: str | None, backend:
     """Print what FILE's ModelInstances become, without touching a cluster or a host.
 
     Kubernetes: multi-document YAML of the objects. Docker: a JSON list of container-create parameters;
-    device indices come from spec.devices.indices or the topology-best set of an empty host.
+    device indices come from spec.devices.indices or the topology-best set of an empty host, and the host
+    port is spec.port or, without it, null: `xw run` picks a free one from XW_PORT_RANGE.
     """
     config = load_config(devices_config)
     instances = load_instances(filename)

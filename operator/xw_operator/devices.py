@@ -251,9 +251,6 @@ class ChipModel(_Strict):
         image = self.runtime_images.get(engine, {}).get(arch)  # type: ignore[call-overload]
         return None if image in (None, "", NONE_IMAGE) else image
 
-    def supported_arches(self, engine: str) -> list[str]:
-        return [a for a in ARCHES if self.image_for(engine, a)]
-
 
 class Vendor(_Strict):
     vendor_name: str

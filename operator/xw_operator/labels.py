@@ -1,4 +1,6 @@
-"""Label and annotation keys on the Kubernetes objects made for a ModelInstance (design.md §2, contract).
+"""Label and annotation keys on the Kubernetes objects made for a ModelInstance.
+
+They are a contract: renaming one orphans the objects that already carry it.
 
 Shared by the renderer (which puts them on) and the operator (which selects by them), so both agree on
 one spelling. The selector is deliberately minimal: a Deployment's selector is immutable, so it holds

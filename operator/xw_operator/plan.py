@@ -1,26 +1,62 @@
-"""resolve(): ModelInstance + devices.yaml → Plan. Pure: no I/O, no clock, no randomness.
+"""resolve(): ModelInstance + devices.yaml → Profile; Profile.bind(indices) → Plan. Pure: no I/O, no clock.
+
+Resolution has two steps because two different parties know two different things:
+
+* :func:`resolve` knows the instance and the admin's devices.yaml: sandbox, image and architecture,
+  command, static environment, mounts, the model source, privilege, shm, runtime, the Kubernetes
+  profile and the device *count*. Everything that does not depend on which chips are used. It is also
+  where the count is checked against what one host has (the only count check, see :func:`check_devices`).
+* :meth:`Profile.bind` knows which chips: Docker mode binds the indices its allocator chose under the host
+  lock; Kubernetes and ``xw render`` bind ``None``. Unbound, ``spec.devices.indices`` or else the
+  topology-best set of an empty host is used. In device-plugin mode the Kubernetes renderer then drops
+  those indices' nodes and visibility variables (the plugin picks and injects them); in host-device mode
+  the pod mounts that set's nodes (and is the only such pod on its node, so the set is as good as any).
 
 The Plan is the single place where device-sandbox semantics live (index-matched device nodes,
 always-mounted control nodes, the visible-devices variable, engine blocks merged over the common block).
-Both renderers consume it; neither re-reads devices.yaml.
+Both renderers consume it; neither re-reads devices.yaml nor the instance's model source.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
-from xw_operator.devices import ARCHES, DevicesConfig, KubernetesProfile, VolumeSpec
+from xw_operator.devices import ARCHES, ChipModel, DevicesConfig, KubernetesProfile, VolumeSpec
 from xw_operator.engines import CONTAINER_PORT, MODEL_MOUNT_PATH, EngineContext, build_command
 from xw_operator.errors import ImageNotAvailable, PolicyRefused, ResolveError
 from xw_operator.instance import ModelInstance
 from xw_operator.sandbox import DeviceNode, DeviceSandbox, SandboxRegistry, select_sandbox
 from xw_operator.topology import best_indices
 
+SourceKind = Literal["hostPath", "pvc", "huggingFace"]
+
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything needed to run one replica of a ModelInstance, independent of the backend."""
+class SecretRef:
+    """A key of a Secret in the instance's namespace (the value never enters a Plan)."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from, as plain data for the renderers (exactly one kind is filled in)."""
+
+    kind: SourceKind
+    host_path: str | None = None
+    pvc_claim: str | None = None
+    pvc_sub_path: str | None = None
+    hf_repo: str | None = None
+    hf_revision: str | None = None
+    hf_token: SecretRef | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resolved:
+    """What a Profile and the Plans bound from it share: nothing here depends on which devices."""
 
     name: str
     namespace: str | None
@@ -30,35 +66,91 @@ class Plan:
     image: str
     command: tuple[str, ...] | None
     args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
     device_count: int
-    device_indices: tuple[int, ...]
-    device_nodes: tuple[DeviceNode, ...]
     volumes: tuple[VolumeSpec, ...]
     privileged: bool
     capabilities: tuple[str, ...]
     shm_bytes: int
     runtime: str
     served_model_name: str
-    model_source: str  # hostPath | pvc | huggingFace
-    model_path: str  # what the engine is told to load
+    model: ModelSource
+    model_path: str  # what the engine is told to load: the mount path, or a hub repo id
     container_port: int = CONTAINER_PORT
-    port: int = CONTAINER_PORT
-    device_env: str | None = None
+    port: int = CONTAINER_PORT  # the Service port (Kubernetes)
+    # Docker mode: the host port the user asked for (spec.port given explicitly); None lets `xw run`
+    # pick a free one from XW_PORT_RANGE.
+    requested_host_port: int | None = None
     kubernetes: KubernetesProfile | None = None
     # Variables the allocation owns; a renderer in device-plugin mode drops them.
-    device_visibility_env: tuple[str, ...] = field(default=())
+    device_visibility_env: tuple[str, ...] = ()
+
+    @property
+    def model_source(self) -> SourceKind:
+        return self.model.kind
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan(Resolved):
+    """Everything needed to run one replica of a ModelInstance on given devices, for any backend."""
+
+    env: tuple[tuple[str, str], ...]  # precedence applied; the visibility variable last
+    device_indices: tuple[int, ...]
+    device_nodes: tuple[DeviceNode, ...]
 
     @property
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
 
 
-def choose_arch(supported: Sequence[str], preferred: str | None) -> str | None:
-    """``preferred`` when the chip supports it, else the only/first supported architecture."""
-    if preferred in supported:
-        return preferred
-    return supported[0] if supported else None
+@dataclass(frozen=True, kw_only=True)
+class Profile(Resolved):
+    """A resolved instance before devices are chosen; :meth:`bind` turns it into a Plan."""
+
+    env: tuple[tuple[str, str], ...]  # sandbox static < engine < user; no visibility variable yet
+    device_capacity: int | None  # chips per host, when the chip profile says
+    requested_indices: tuple[int, ...] | None  # spec.devices.indices
+    sandbox: DeviceSandbox = field(repr=False, compare=False)
+    chip_model: ChipModel | None = field(default=None, repr=False, compare=False)
+
+    def default_indices(self) -> tuple[int, ...]:
+        """Without an allocator: ``spec.devices.indices``, else the topology-best set of an empty host."""
+        if self.requested_indices is not None:
+            return self.requested_indices
+        chip = self.chip_model
+        if chip is not None and (chip.device_capacity is not None or chip.topology):
+            return best_indices(chip, self.device_count)
+        return tuple(range(self.device_count))
+
+    def bind(self, indices: Sequence[int] | None = None) -> Plan:
+        """The Plan for these host chip indices (Docker's allocation), or the default set for ``None``."""
+        chosen = self.default_indices() if indices is None else tuple(indices)
+        check_devices(self.chip, self.device_count, self.device_capacity, chosen)
+        device_env = self.sandbox.device_env
+        visibility = {k: v for k, v in self.sandbox.environment(chosen).items() if k == device_env}
+        static = {f.name: getattr(self, f.name) for f in fields(Resolved)}
+        return Plan(
+            **static,
+            env=tuple({**dict(self.env), **visibility}.items()),
+            device_indices=chosen,
+            device_nodes=tuple(self.sandbox.device_nodes(chosen)),
+        )
+
+
+def check_devices(chip: str, count: int, capacity: int | None, indices: Sequence[int] | None) -> None:
+    """The one device-count check: ``count`` fits on one host, and ``indices`` are ``count`` chips that
+    exist on it. :func:`resolve` calls it with ``spec.devices.indices`` (before anything is pulled or
+    locked); :meth:`Profile.bind` with the indices it binds."""
+    if capacity is not None and count > capacity:
+        raise ResolveError(f"spec.devices.count is {count} but chip {chip} has {capacity} devices per host")
+    if indices is None:
+        return
+    if len(indices) != count:
+        raise ResolveError(f"{len(indices)} device indices given for spec.devices.count {count}")
+    out_of_range = [i for i in indices if capacity is not None and not 0 <= i < capacity]
+    if out_of_range:
+        raise ResolveError(
+            f"device indices {out_of_range} do not exist on chip {chip} (indices 0-{(capacity or 1) - 1})"
+        )
 
 
 def resolve(
@@ -66,41 +158,33 @@ def resolve(
     config: DevicesConfig,
     *,
     arch: str | None = None,
-    device_indices: Sequence[int] | None = None,
     registry: SandboxRegistry | None = None,
-) -> Plan:
-    """Resolve an instance against devices.yaml.
+) -> Profile:
+    """Resolve an instance against devices.yaml, for any devices.
 
     ``arch=None`` picks the one architecture the chip has an image for (Kubernetes then pins the pod
-    to it); an explicit ``arch`` (Docker mode: the host's own CPU) must have an image. ``device_indices``
-    are host indices chosen by an allocator; without them ``spec.devices.indices`` or the
-    topology-best set of an empty host is used.
+    to it); an explicit ``arch`` (Docker mode: the host's own CPU) must have an image.
     """
     spec = instance.spec
     chip_key, engine, count = spec.devices.chip, spec.engine.name, spec.devices.count
-    if spec.model.source.host_path:
-        refusal = config.policy.check_model_host_path(spec.model.source.host_path)
+    source = _model_source(instance)
+    if source.host_path:
+        refusal = config.policy.check_model_host_path(source.host_path)
         if refusal:
             raise PolicyRefused(refusal, reason="HostPathNotAllowed")
     sandbox = select_sandbox(config, chip_key, engine, registry)
-
     capacity = sandbox.device_capacity()
-    if capacity is not None and count > capacity:
-        raise ResolveError(f"spec.devices.count is {count} but chip {chip_key} has {capacity} devices per host")
-    indices = _indices(instance, config, sandbox, device_indices)
+    requested = tuple(spec.devices.indices) if spec.devices.indices is not None else None
+    check_devices(chip_key, count, capacity, requested)
 
     image, chosen_arch = _image(instance, config, sandbox, arch)
-    source = spec.model.source
-    if source.hugging_face:
-        model_path, revision = source.hugging_face.repo, source.hugging_face.revision
-    else:
-        model_path, revision = MODEL_MOUNT_PATH, None
+    model_path = source.hf_repo if source.hf_repo else MODEL_MOUNT_PATH
     engine_cmd = build_command(
         engine,
         EngineContext(
             served_model_name=instance.served_model_name,
             model_path=model_path,
-            revision=revision,
+            revision=source.hf_revision,
             device_count=count,
             user_args=tuple(spec.engine.args),
         ),
@@ -109,8 +193,8 @@ def resolve(
     owned = tuple(
         dict.fromkeys([*([sandbox.device_env] if sandbox.device_env else []), *(kube.plugin_env if kube else [])])
     )
-    env = _environment(instance, sandbox, engine_cmd.env, indices, owned)
-    return Plan(
+    ref = config.find_chip(chip_key)
+    return Profile(
         name=instance.name,
         namespace=instance.metadata.namespace,
         chip=chip_key,
@@ -119,48 +203,36 @@ def resolve(
         image=image,
         command=engine_cmd.command,
         args=engine_cmd.args,
-        env=tuple(env.items()),
+        env=tuple(_environment(instance, sandbox, engine_cmd.env, owned).items()),
         device_count=count,
-        device_indices=indices,
-        device_nodes=tuple(sandbox.device_nodes(indices)),
         volumes=tuple(sandbox.additional_mounts()),
         privileged=sandbox.privileged(),
         capabilities=tuple(sandbox.capabilities()),
         shm_bytes=sandbox.shm_size_bytes(),
         runtime=sandbox.runtime(),
         served_model_name=instance.served_model_name,
-        model_source=source.kind,
+        model=source,
         model_path=model_path,
         port=spec.port,
-        device_env=sandbox.device_env,
+        requested_host_port=spec.port if "port" in spec.model_fields_set else None,
         kubernetes=kube,
         device_visibility_env=owned,
+        device_capacity=capacity,
+        requested_indices=requested,
+        sandbox=sandbox,
+        chip_model=ref.chip if ref is not None else None,
     )
 
 
-def _indices(
-    instance: ModelInstance,
-    config: DevicesConfig,
-    sandbox: DeviceSandbox,
-    given: Sequence[int] | None,
-) -> tuple[int, ...]:
-    count = instance.spec.devices.count
-    chosen = given if given is not None else instance.spec.devices.indices
-    capacity = sandbox.device_capacity()
-    if chosen is not None:
-        if len(chosen) != count:
-            raise ResolveError(f"{len(chosen)} device indices given for spec.devices.count {count}")
-        out_of_range = [i for i in chosen if capacity is not None and not 0 <= i < capacity]
-        if out_of_range:
-            raise ResolveError(
-                f"device indices {out_of_range} do not exist on chip {instance.spec.devices.chip} "
-                f"(indices 0-{capacity - 1 if capacity else 0})"
-            )
-        return tuple(chosen)
-    ref = config.find_chip(instance.spec.devices.chip)
-    if ref is not None and (ref.chip.device_capacity is not None or ref.chip.topology):
-        return best_indices(ref.chip, count)
-    return tuple(range(count))
+def _model_source(instance: ModelInstance) -> ModelSource:
+    source = instance.spec.model.source
+    if source.pvc is not None:
+        return ModelSource("pvc", pvc_claim=source.pvc.claim_name, pvc_sub_path=source.pvc.sub_path)
+    hf = source.hugging_face
+    if hf is not None:
+        token = SecretRef(hf.token_secret_ref.name, hf.token_secret_ref.key) if hf.token_secret_ref else None
+        return ModelSource("huggingFace", hf_repo=hf.repo, hf_revision=hf.revision, hf_token=token)
+    return ModelSource("hostPath", host_path=source.host_path)
 
 
 def _image(
@@ -181,29 +253,29 @@ def _image(
         return sandbox.default_image(a)
 
     supported = [a for a in ARCHES if configured(a)]
+    # Without an explicit arch: the first architecture the chip has an image for.
+    chosen = arch or (supported[0] if supported else None)
     override = instance.spec.engine.image
     if override:
-        return override, (arch or choose_arch(supported, None) or ARCHES[0])
-    chosen = arch or choose_arch(supported, None)
+        return override, chosen or ARCHES[0]
     image = configured(chosen) if chosen else None
-    if not image:
-        where = f"runtime_images.{engine}.{chosen or arch or '<arch>'}"
+    if not image or not chosen:
+        where = f"runtime_images.{engine}.{chosen or '<arch>'}"
         raise ImageNotAvailable(
-            f"chip {chip_key} has no {engine} image for {chosen or arch or 'any architecture'} "
+            f"chip {chip_key} has no {engine} image for {chosen or 'any architecture'} "
             f"({where} is NONE or missing); supported architectures: {', '.join(supported) or 'none'}; "
             "set spec.engine.image to use your own"
         )
-    return image, chosen  # type: ignore[return-value]
+    return image, chosen
 
 
 def _environment(
     instance: ModelInstance,
     sandbox: DeviceSandbox,
     engine_env: dict[str, str],
-    indices: Sequence[int],
     owned: Sequence[str],
 ) -> dict[str, str]:
-    """Sandbox static env < engine env < user env < device visibility (owned by the allocation).
+    """Sandbox static env < engine env < user env; :meth:`Profile.bind` adds device visibility last.
 
     A user value for an allocation-owned variable is refused rather than silently ignored: it would
     either expose chips the instance does not hold or be overwritten without notice.
@@ -211,10 +283,7 @@ def _environment(
     for i, var in enumerate(instance.spec.engine.env):
         if var.name in owned:
             raise ResolveError(f"spec.engine.env[{i}]: {var.name} is set by xw from the allocated devices; remove it")
-    sandbox_env = sandbox.environment(indices)
-    visibility = {k: v for k, v in sandbox_env.items() if k == sandbox.device_env}
-    env = {k: v for k, v in sandbox_env.items() if k != sandbox.device_env}
+    env = {k: v for k, v in sandbox.environment(()).items() if k != sandbox.device_env}
     env.update(engine_env)
     env.update({v.name: v.value for v in instance.spec.engine.env})
-    env.update(visibility)
     return env

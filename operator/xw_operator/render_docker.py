@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from xw_operator.plan import Plan
+from xw_operator.errors import XwError
+from xw_operator.plan import Plan, Resolved
 
 LABEL_RUNTIME = "xw.runtime"
 LABEL_MODEL_ID = "xw.model_id"
@@ -27,8 +28,8 @@ def container_name(instance: str, server_name: str) -> str:
     return f"{instance}-{server_name}"
 
 
-def docker_labels(plan: Plan, *, server_name: str, host_port: int) -> dict[str, str]:
-    return {
+def docker_labels(plan: Plan, *, server_name: str, host_port: int | None) -> dict[str, str]:
+    labels = {
         LABEL_RUNTIME: f"{plan.engine}-docker",
         LABEL_MODEL_ID: plan.served_model_name,
         LABEL_ALIAS: plan.name,
@@ -38,21 +39,40 @@ def docker_labels(plan: Plan, *, server_name: str, host_port: int) -> dict[str, 
         LABEL_DEVICE_INDICES: ",".join(str(i) for i in plan.device_indices),
         LABEL_SERVER_NAME: server_name,
         LABEL_CHIP: plan.chip,
-        LABEL_HOST_PORT: str(host_port),
     }
+    if host_port is not None:
+        labels[LABEL_HOST_PORT] = str(host_port)
+    return labels
 
 
-def render_docker(
-    plan: Plan, *, server_name: str, host_port: int, model_host_path: str | None = None
-) -> dict[str, Any]:
+def docker_model_volume(plan: Resolved) -> str | None:
+    """The model's bind mount (``host:container:ro``), None when the engine downloads the weights.
+
+    Docker mode has no PersistentVolumeClaims; this is the one place that says so. The runtime calls it
+    before pulling anything, ``xw render`` through :func:`render_docker`.
+    """
+    source = plan.model
+    if source.kind == "pvc":
+        raise XwError(
+            f"ModelInstance {plan.name}: spec.model.source.pvc exists only on Kubernetes; "
+            "use hostPath or huggingFace in Docker mode"
+        )
+    if source.host_path:
+        return f"{source.host_path}:{plan.model_path}:ro"
+    return None
+
+
+def render_docker(plan: Plan, *, server_name: str, host_port: int | None) -> dict[str, Any]:
     """Keyword arguments for ``docker.containers.create``, ready to pass to the SDK as they are.
 
-    ``model_host_path`` is the hostPath source to bind read-only at the engine's model path; Docker
-    mode has no PVCs, so the runtime refuses those before calling this.
+    ``host_port`` is what ``xw run`` allocated. ``None`` (``xw render`` of an instance without
+    ``spec.port``) renders the port as ``null`` and no ``xw.host_port`` label: run picks a free port from
+    XW_PORT_RANGE at that moment, which a render cannot know.
     """
     volumes = [str(v) for v in plan.volumes]
-    if model_host_path:
-        volumes.insert(0, f"{model_host_path}:{plan.model_path}:ro")
+    model_volume = docker_model_volume(plan)
+    if model_volume:
+        volumes.insert(0, model_volume)
     params: dict[str, Any] = {
         "name": container_name(plan.name, server_name),
         "image": plan.image,

@@ -131,7 +131,7 @@ def _deployment(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
 
 
 def _pod_spec(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
-    volumes, mounts = _volumes(instance, plan)
+    volumes, mounts = _volumes(plan)
     spec: dict[str, Any] = {
         # The engine needs no API access; and service links would inject e.g. VLLM_PORT=tcp://... into
         # the environment of an instance named "vllm", which vLLM then fails to parse.
@@ -214,9 +214,8 @@ def _env(instance: ModelInstance, plan: Plan) -> list[dict[str, Any]]:
     ref = instance.spec.api_key_secret_ref
     if ref is not None:
         secrets.append((API_KEY_ENV.get(plan.engine, DEFAULT_API_KEY_ENV), ref.name, ref.key, "apiKeySecretRef"))
-    hf = instance.spec.model.source.hugging_face
-    if hf is not None and hf.token_secret_ref is not None:
-        token = hf.token_secret_ref
+    token = plan.model.hf_token
+    if token is not None:
         secrets.append((HF_TOKEN_ENV, token.name, token.key, "model.source.huggingFace.tokenSecretRef"))
     for name, secret, key, field in secrets:
         if any(e["name"] == name for e in env):
@@ -310,7 +309,7 @@ def _covers(parent: str, path: str) -> bool:
     return path == parent or path.startswith(parent + "/")
 
 
-def _volumes(instance: ModelInstance, plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and the engine's mounts: model, shm, driver mounts, then device nodes (host-device mode)."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -339,12 +338,12 @@ def _volumes(instance: ModelInstance, plan: Plan) -> tuple[list[dict[str, Any]],
         mount.update(extra)
         mounts.append(mount)
 
-    source = instance.spec.model.source
+    source = plan.model
     if source.host_path:
         add("model", {"hostPath": {"path": source.host_path, "type": "Directory"}}, plan.model_path, True)
-    elif source.pvc:
-        extra = {"subPath": source.pvc.sub_path} if source.pvc.sub_path else {}
-        claim = {"persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": True}}
+    elif source.pvc_claim:
+        extra = {"subPath": source.pvc_sub_path} if source.pvc_sub_path else {}
+        claim = {"persistentVolumeClaim": {"claimName": source.pvc_claim, "readOnly": True}}
         add("model", claim, plan.model_path, True, **extra)
     add("shm", {"emptyDir": {"medium": "Memory", "sizeLimit": _quantity(plan.shm_bytes)}}, SHM_PATH, False)
     for volume in plan.volumes:
@@ -355,7 +354,7 @@ def _volumes(instance: ModelInstance, plan: Plan) -> tuple[list[dict[str, Any]],
             volume.container,
             read_only,
         )
-    if source.hugging_face and not any(_covers(v.container, HF_CACHE_PATH) for v in plan.volumes):
+    if source.kind == "huggingFace" and not any(_covers(v.container, HF_CACHE_PATH) for v in plan.volumes):
         add("hf-cache", {"emptyDir": {}}, HF_CACHE_PATH, False)
     if not device_plugin_mode(plan):
         for node in plan.device_nodes:

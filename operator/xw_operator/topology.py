@@ -58,16 +58,11 @@ def best_indices(
     """Choose ``count`` free chip indices with the smallest total pairwise distance.
 
     ``available`` restricts candidates to what a host actually has (Docker mode passes the discovered
-    indices); by default every index the chip profile describes is a candidate.
+    indices); by default every index the chip profile describes is a candidate. The caller guarantees
+    that at least ``count`` candidates are free: :func:`xw_operator.plan.check_devices` checks the count
+    against the chip, Docker's ``choose_indices`` against the free chips (with who holds the others).
     """
-    if count < 1:
-        raise ResolveError(f"device count must be at least 1, got {count}")
     candidates = sorted(set(all_indices(chip) if available is None else available) - set(taken))
-    if len(candidates) < count:
-        raise ResolveError(
-            f"chip {chip.config_key}: {count} device(s) requested but only {len(candidates)} free "
-            f"({', '.join(map(str, candidates)) or 'none'})"
-        )
     boxes = box_of(chip)
     if not boxes:
         return tuple(candidates[:count])

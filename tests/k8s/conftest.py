@@ -1,4 +1,4 @@
-"""Fixtures for the Kubernetes integration tier (design.md §6, tier 2).
+"""Fixtures for the Kubernetes integration tier (tier 2 of the README's test tiers).
 
 Every test under tests/k8s/ gets the ``k8s`` marker, so ``pytest -m "not k8s"`` skips the tier.
 

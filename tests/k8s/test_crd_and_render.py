@@ -105,7 +105,7 @@ def test_rendered_objects_are_accepted_by_the_api_server(
     stored = json.loads(cluster.kubectl("get", "modelinstance", name, "-n", namespace, "-o", "json").stdout)
     instance = parse_instance(stored, "API server")
     assert instance.metadata.uid, "the stored object has a uid"
-    objects = render_kubernetes(instance, resolve(instance, configs()[config]))
+    objects = render_kubernetes(instance, resolve(instance, configs()[config]).bind())
     assert all(o["metadata"]["ownerReferences"][0]["uid"] == instance.metadata.uid for o in objects)
 
     proc = cluster.kubectl(
@@ -268,7 +268,7 @@ def test_rendered_pods_schedule_onto_a_node_with_the_chip(
     doc = manifest(name, spec_for(chip, count, {"hostPath": "/m"}))
     doc["metadata"]["namespace"] = namespace
     instance = parse_instance(doc)
-    objects = render_kubernetes(instance, resolve(instance, configs()["shipped"]))
+    objects = render_kubernetes(instance, resolve(instance, configs()["shipped"]).bind())
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
     cluster.kubectl("rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=120s", timeout=150)
     pods = json.loads(
@@ -291,7 +291,7 @@ def test_host_device_pods_never_share_a_node(cluster: Any, namespace: str) -> No
         doc["metadata"]["namespace"] = namespace
         instance = parse_instance(doc)
         config = configs()["host-device"]
-        objects = render_kubernetes(instance, resolve(instance, config))
+        objects = render_kubernetes(instance, resolve(instance, config).bind())
         # The acme profile's own selector/toleration would match no kwok node; keep the hostname pin only.
         pod_spec = objects[0]["spec"]["template"]["spec"]
         pod_spec["nodeSelector"] = {"kubernetes.io/hostname": "kwok-nvidia-0"}

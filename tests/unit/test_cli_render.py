@@ -62,7 +62,8 @@ def test_docker_ascend_910b_x4(tmp_path: Path) -> None:
     assert params["cap_add"] == ["SYS_ADMIN", "SYS_RAWIO", "IPC_LOCK", "SYS_RESOURCE"]
     assert params["shm_size"] == 100 * 1024**3
     assert params["runtime"] == "runc"
-    assert params["ports"] == {"8000/tcp": ["127.0.0.1", 8000]}
+    # No spec.port: `xw run` picks a free host port from XW_PORT_RANGE, so render does not claim 8000.
+    assert params["ports"] == {"8000/tcp": ["127.0.0.1", None]}
     assert params["restart_policy"] == {"Name": "unless-stopped"}
     assert params["init"] is True
     assert params["labels"] == {
@@ -75,7 +76,6 @@ def test_docker_ascend_910b_x4(tmp_path: Path) -> None:
         "xw.device_indices": "0,1,2,3",
         "xw.server_name": "render",
         "xw.chip": "ascend-910b",
-        "xw.host_port": "8000",
     }
 
 
@@ -207,4 +207,8 @@ def test_pvc_source_is_refused_in_docker_mode(tmp_path: Path) -> None:
         model={"source": {"pvc": {"claimName": "models"}}},
     )
     result = run("render", "--backend", "docker", "-f", str(path))
-    assert result.exit_code == 2 and "pvc model source exists only on Kubernetes" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "spec.model.source.pvc exists only on Kubernetes; use hostPath or huggingFace in Docker mode"
+        in result.stderr
+    )

@@ -63,7 +63,6 @@ def test_none_image_is_no_image(seed_config: DevicesConfig) -> None:
     assert chip is not None
     assert chip.chip.image_for("vllm", "amd64") is None
     assert chip.chip.image_for("vllm", "arm64") == "example.org/vllm-ascend:arm64"
-    assert chip.chip.supported_arches("vllm") == ["arm64"]
 
 
 def test_ro_volume_is_read_only_and_plain_is_read_write(seed_config: DevicesConfig) -> None:

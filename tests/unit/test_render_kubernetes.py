@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from xw_operator.devices import DevicesConfig, load_devices_config, packaged_dev
 from xw_operator.errors import ResolveError
 from xw_operator.instance import ModelInstance, parse_instance
 from xw_operator.labels import CHIP_KEY, INSTANCE_KEY, MANAGED_BY_KEY, MODEL_INSTANCE_KEY, NAME_KEY, selector_labels
-from xw_operator.plan import resolve
+from xw_operator.plan import ModelSource, resolve
 from xw_operator.render_kubernetes import ENGINE_CONTAINER, endpoint, render_kubernetes
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -52,7 +53,7 @@ def instance(
 
 
 def render(inst: ModelInstance, config: DevicesConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    objects = render_kubernetes(inst, resolve(inst, config))
+    objects = render_kubernetes(inst, resolve(inst, config).bind())
     assert [o["kind"] for o in objects] == ["Deployment", "Service"]
     return objects[0], objects[1]
 
@@ -250,7 +251,7 @@ def test_a_driver_mount_over_shm_is_refused() -> None:
     config = parse_devices_config(text)
     inst = instance("acme-npu", 1)
     with pytest.raises(ResolveError, match=r"chip acme-npu: two volumes mount at /dev/shm \(shm and host-dev-shm\)"):
-        render_kubernetes(inst, resolve(inst, config))
+        render_kubernetes(inst, resolve(inst, config).bind())
 
 
 # --- model sources ----------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ def test_user_env_beats_engine_env(shipped_config: DevicesConfig) -> None:
 def test_user_value_for_an_allocation_owned_variable_is_refused(shipped_config: DevicesConfig, var: str) -> None:
     inst = instance("ascend-910b", 4, engine={"name": "vllm", "env": [{"name": var, "value": "0"}]})
     with pytest.raises(ResolveError, match=rf"spec\.engine\.env\[0\]: {var} is set by xw"):
-        resolve(inst, shipped_config)
+        resolve(inst, shipped_config).bind()
 
 
 def test_kubernetes_variable_syntax_is_escaped(shipped_config: DevicesConfig) -> None:
@@ -368,7 +369,7 @@ def test_literal_api_key_beside_the_secret_is_refused(shipped_config: DevicesCon
         apiKeySecretRef={"name": "k"},
     )
     with pytest.raises(ResolveError, match=r"VLLM_API_KEY is set from the Secret in spec\.apiKeySecretRef"):
-        render_kubernetes(inst, resolve(inst, shipped_config))
+        render_kubernetes(inst, resolve(inst, shipped_config).bind())
 
 
 # --- probes, strategy, metadata ---------------------------------------------------------------------
@@ -472,7 +473,7 @@ def test_affinity_is_passed_through(shipped_config: DevicesConfig) -> None:
 def test_node_selector_contradicting_the_profile_is_refused(shipped_config: DevicesConfig) -> None:
     inst = instance("nvidia-t4", 1, nodeSelector={"accelerator": "huawei-Ascend910"})
     with pytest.raises(ResolveError, match=r"spec\.nodeSelector\.accelerator: 'huawei-Ascend910' contradicts"):
-        render_kubernetes(inst, resolve(inst, shipped_config))
+        render_kubernetes(inst, resolve(inst, shipped_config).bind())
 
 
 def test_user_may_override_the_architecture_pin(shipped_config: DevicesConfig) -> None:
@@ -484,8 +485,8 @@ def test_user_may_override_the_architecture_pin(shipped_config: DevicesConfig) -
 
 @pytest.mark.parametrize("chip", ["ascend-910b", "ascend-310p", "metax-c550", "nvidia-t4"])
 def test_rendering_is_deterministic(shipped_config: DevicesConfig, chip: str) -> None:
-    first = yaml.safe_dump_all(render_kubernetes(instance(chip, 1), resolve(instance(chip, 1), shipped_config)))
-    again = yaml.safe_dump_all(render_kubernetes(instance(chip, 1), resolve(instance(chip, 1), shipped_config)))
+    first = yaml.safe_dump_all(render_kubernetes(instance(chip, 1), resolve(instance(chip, 1), shipped_config).bind()))
+    again = yaml.safe_dump_all(render_kubernetes(instance(chip, 1), resolve(instance(chip, 1), shipped_config).bind()))
     assert first == again
 
 
@@ -546,3 +547,12 @@ def test_device_plugin_pods_have_no_host_device_label_or_anti_affinity(shipped_c
     dep, _ = render(instance("ascend-910b", 4), shipped_config)
     assert "xw.dev/host-devices" not in dep["spec"]["template"]["metadata"]["labels"]
     assert "affinity" not in pod(dep)
+
+
+def test_renderer_reads_the_model_source_from_the_plan(shipped_config: DevicesConfig) -> None:
+    """The plan, not the instance, says where the weights are: a plan changed after resolve wins."""
+    inst = instance("nvidia-t4", 1)
+    plan = dataclasses.replace(resolve(inst, shipped_config).bind(), model=ModelSource("pvc", pvc_claim="other"))
+    dep, _ = render_kubernetes(inst, plan)
+    volumes = {v["name"]: v for v in pod(dep)["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "other", "readOnly": True}

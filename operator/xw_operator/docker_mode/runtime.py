@@ -25,7 +25,7 @@ import docker
 from xw_operator.devices import DevicesConfig
 from xw_operator.errors import XwError
 from xw_operator.instance import ModelInstance
-from xw_operator.plan import Plan, resolve
+from xw_operator.plan import Profile, resolve
 from xw_operator.render_docker import (
     LABEL_CHIP,
     LABEL_DEPLOYMENT_MODE,
@@ -36,6 +36,7 @@ from xw_operator.render_docker import (
     LABEL_SERVER_NAME,
     LOOPBACK,
     container_name,
+    docker_model_volume,
     render_docker,
 )
 
@@ -237,28 +238,26 @@ class DockerRuntime:
                 f"{image} is not present locally and could not be pulled: {_docker_reason(exc)}",
             ) from None
 
-    def prepare(self, instance: ModelInstance) -> Plan:
+    def prepare(self, instance: ModelInstance) -> Profile:
         """Checks that need no lock: the instance resolves for this host and its model source works here."""
-        source = instance.spec.model.source
-        if source.pvc is not None:
+        profile = resolve(instance, self.config, arch=self.arch)
+        docker_model_volume(profile)  # refuses a pvc source
+        host_path = profile.model.host_path
+        if host_path is not None and not Path(host_path).is_dir():
             raise XwError(
-                f"ModelInstance {instance.name}: spec.model.source.pvc is Kubernetes-only; "
-                "use hostPath or huggingFace in Docker mode"
+                f"ModelInstance {instance.name}: spec.model.source.hostPath {host_path} is not a directory on this host"
             )
-        if source.host_path is not None and not Path(source.host_path).is_dir():
-            raise XwError(
-                f"ModelInstance {instance.name}: spec.model.source.hostPath {source.host_path} "
-                "is not a directory on this host"
-            )
-        return resolve(instance, self.config, arch=self.arch)
+        return profile
 
     def create(self, instance: ModelInstance) -> InstanceInfo:
-        """Pull if needed, then under the host lock: allocate devices and a port, create the container.
+        """Resolve once, pull if needed, then under the host lock: allocate devices and a port, bind the
+        profile to them, render and create the container.
 
         The container carries its devices and port in labels from the moment it exists, so the lock can
         be released right after creation. Any failure removes what was made.
         """
-        self.ensure_image(self.prepare(instance).image)
+        profile = self.prepare(instance)
+        self.ensure_image(profile.image)
         name = container_name(instance.name, self.server_name)
         with state.host_lock(self.state_dir):
             try:
@@ -270,14 +269,10 @@ class DockerRuntime:
                 )
             except docker.errors.NotFound:
                 pass
-            plan, host_port = self._allocate(instance)
-            params = render_docker(
-                plan,
-                server_name=self.server_name,
-                host_port=host_port,
-                model_host_path=instance.spec.model.source.host_path,
+            indices, host_port = self._allocate(profile)
+            params = _sdk_params(
+                render_docker(profile.bind(indices), server_name=self.server_name, host_port=host_port)
             )
-            params = _sdk_params(params)
             try:
                 container: Container = self.client.containers.create(**params)
             except docker.errors.DockerException as exc:
@@ -289,21 +284,20 @@ class DockerRuntime:
         container.reload()
         return _info(container)
 
-    def _allocate(self, instance: ModelInstance) -> tuple[Plan, int]:
-        """Devices and a host port for the instance; call with the host lock held."""
+    def _allocate(self, profile: Profile) -> tuple[tuple[int, ...], int]:
+        """Device indices and a host port for the profile; call with the host lock held."""
         holdings = self.holdings()
-        group = find_group(discover(self.config, self.sysfs_root), instance.spec.devices.chip, self.config)
+        group = find_group(discover(self.config, self.sysfs_root), profile.chip, self.config)
         used = used_indices(holdings, group.chip_key)
-        indices = choose_indices(group, instance.spec.devices.count, used, instance.spec.devices.indices)
+        indices = choose_indices(group, profile.device_count, used, profile.requested_indices)
         # Ports are host-wide: every xw container on this engine, whatever its server name, reserves one.
         reserved = {
             h.host_port: h.instance
             for h in (holding_from_labels(c.labels, self.config) for c in self._containers())
             if h.host_port
         }
-        requested = instance.spec.port if "port" in instance.spec.model_fields_set else None
-        port = choose_port(requested, reserved, port_is_bindable, self.port_range)
-        return resolve(instance, self.config, arch=self.arch, device_indices=indices), port
+        port = choose_port(profile.requested_host_port, reserved, port_is_bindable, self.port_range)
+        return indices, port
 
     def _remove_quietly(self, name_or_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):

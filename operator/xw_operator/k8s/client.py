@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import Counter
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -63,13 +61,11 @@ def path_of(obj: Obj) -> str:
 
 
 class KubeApi:
-    """Thread-safe enough for kopf's executor threads: urllib3's pool is, and the counter is locked."""
+    """Thread-safe enough for kopf's executor threads: urllib3's pool is, and nothing else is shared."""
 
     def __init__(self, api_client: Any | None = None, *, timeout: float = 30.0) -> None:
         self.api_client = api_client if api_client is not None else load_api_client()
         self.timeout = timeout
-        self._lock = threading.Lock()
-        self.writes: Counter[str] = Counter()
 
     def request(
         self,
@@ -113,8 +109,6 @@ class KubeApi:
         return items
 
     def write(self, method: str, path: str, body: Any, *, content_type: str | None = None, **query: str) -> Obj:
-        with self._lock:
-            self.writes[f"{method} {path}"] += 1
         log.debug("write %s %s", method, path)
         return self.request(method, path, query=query or None, body=body, content_type=content_type)
 
@@ -129,8 +123,3 @@ class KubeApi:
 
     def create(self, path: str, obj: Obj) -> Obj:
         return self.write("POST", path, obj, content_type="application/json", fieldManager=FIELD_MANAGER)
-
-    @property
-    def write_count(self) -> int:
-        with self._lock:
-            return sum(self.writes.values())

@@ -26,7 +26,7 @@ from typing import Any
 from xw_operator.devices import DevicesConfig
 from xw_operator.errors import XwError
 from xw_operator.instance import GROUP, PLURAL, VERSION, ModelInstance, ModelInstanceStatus, parse_instance
-from xw_operator.k8s.client import KubeApi, object_path
+from xw_operator.k8s.client import KubeApi, object_path, path_of
 from xw_operator.k8s.events import now_rfc3339, post_event, transition_event
 from xw_operator.k8s.status import Failure, Observed, compute_status, status_differs, status_patch
 from xw_operator.labels import MODEL_INSTANCE_KEY, is_bookkeeping_annotation
@@ -108,7 +108,7 @@ def desired_state(body: Mapping[str, Any], config: DevicesConfig) -> Desired:
     where = f"ModelInstance {meta.get('namespace')}/{meta.get('name')}"
     try:
         instance = parse_instance(dict(body), source=where)
-        plan = resolve(instance, config)
+        plan = resolve(instance, config).bind(None)  # the device plugin (or the node) picks the chips
         children = tuple(stamp(obj) for obj in render_kubernetes(instance, plan))
     except XwError as exc:
         raise InvalidSpec(classify_failure(exc)) from None
@@ -196,8 +196,6 @@ def apply_children(api: KubeApi, desired: Desired, generations: dict[ChildKey, i
 
 
 def _path(obj: Mapping[str, Any]) -> str:
-    from xw_operator.k8s.client import path_of
-
     return path_of(dict(obj))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# Phases (design.md §3).
+# Phases (the CRD documents them on status.phase).
 PENDING = "Pending"
 PROGRESSING = "Progressing"
 READY = "Ready"
