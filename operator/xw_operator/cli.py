@@ -18,6 +18,7 @@ from xw_operator.devices import DevicesConfig
 from xw_operator.errors import XwError
 from xw_operator.instance import ModelInstance, load_instances
 from xw_operator.plan import Plan, resolve
+from xw_operator.policy import Backend
 from xw_operator.render_docker import render_docker
 from xw_operator.render_kubernetes import render_kubernetes
 
@@ -28,13 +29,15 @@ def main() -> None:
     """xw: run LLM inference engines on any AI accelerator, on Kubernetes or one Docker host."""
 
 
-def resolve_for(instance: ModelInstance, config: DevicesConfig, arch: str | None) -> Plan:
+def resolve_for(
+    instance: ModelInstance, config: DevicesConfig, arch: str | None, backend: Backend = "kubernetes"
+) -> Plan:
     """resolve() and bind(None) with the instance named in the error, since a file may hold several.
 
     Unbound, the plan uses spec.devices.indices or the topology-best set of an empty host.
     """
     try:
-        return resolve(instance, config, arch=arch).bind(None)
+        return resolve(instance, config, arch=arch, backend=backend).bind(None)
     except XwError as exc:
         raise type(exc)(f"ModelInstance {instance.name}: {exc}", reason=exc.reason) from None
 
@@ -54,7 +57,7 @@ def render_instance_docker(
     instance: ModelInstance, config: DevicesConfig, arch: str | None, server_name: str
 ) -> dict[str, Any]:
     """What `xw run` would create, except the host port when spec.port is not given (run picks it)."""
-    plan = resolve_for(instance, config, arch)
+    plan = resolve_for(instance, config, arch, "docker")
     return render_docker(plan, server_name=server_name, host_port=plan.requested_host_port)
 
 

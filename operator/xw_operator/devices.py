@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from xw_operator.errors import ConfigError
+from xw_operator.policy import normalise_host_path, prefix_parts
 from xw_operator.validation import describe
 
 ARCHES = ("amd64", "arm64")
@@ -195,6 +196,10 @@ class Topology(_Strict):
         return self
 
 
+# Pod hardening a chip profile may switch off (hardening.py); a ModelInstance never can.
+Relaxation = Literal["seccomp", "allowPrivilegeEscalation", "dropCapabilities", "serviceAccountToken", "serviceLinks"]
+
+
 class KubernetesProfile(_Strict):
     """Our extension: how the chip is reached through a Kubernetes device plugin."""
 
@@ -212,6 +217,10 @@ class KubernetesProfile(_Strict):
     )
     runtime_class_name: str | None = Field(
         None, description="RuntimeClass for the pods (e.g. nvidia); the Docker runtime name is not reused"
+    )
+    relax: list[Relaxation] = Field(
+        default_factory=list,
+        description="pod hardening this chip's driver cannot live with (see docs/security.md); never per instance",
     )
 
 
@@ -272,28 +281,49 @@ class ChipRef:
 
 
 class Policy(_Strict):
-    """Our extension: what ModelInstance authors may ask for, decided by whoever controls this file."""
+    """Our extension: what ModelInstance authors may ask for, decided by whoever controls this file.
+
+    One block, every key optional; the defaults are the safe ones for a shared cluster. The checks
+    themselves live in :mod:`xw_operator.policy`; docs/security.md documents each key.
+    """
 
     allow_model_host_path: bool = Field(
-        True, description="false: spec.model.source.hostPath is refused (use pvc or huggingFace)"
+        True, description="false: spec.model.source.hostPath is refused on every backend (use pvc or huggingFace)"
     )
     model_host_path_prefixes: list[Annotated[str, Field(pattern=r"^/")]] = Field(
-        default_factory=list, description="when set, a hostPath model source must lie under one of these"
+        default_factory=list,
+        description="directories a hostPath model source must lie under; empty: refused on Kubernetes, "
+        "any directory in Docker mode (one's own host)",
+    )
+    allowed_image_prefixes: list[str] = Field(
+        default_factory=list,
+        description="registry or registry/repository prefixes spec.engine.image may use besides the images "
+        "this file names for the chip and engine (e.g. quay.io/ascend, registry.local:5000/llm)",
+    )
+    writable_host_mounts: Literal["per-namespace", "emptyDir"] = Field(
+        "per-namespace",
+        description="Kubernetes: a writable host mount of a profile (e.g. /root/.cache) becomes a per-namespace "
+        "subdirectory <host>/xw-namespaces/<namespace> (per-namespace) or a pod-private emptyDir (emptyDir)",
     )
 
-    def check_model_host_path(self, path: str) -> str | None:
-        """Why ``path`` is not allowed, or None when it is."""
-        if not self.allow_model_host_path:
-            return (
-                "spec.model.source.hostPath is disabled by the cluster administrator "
-                "(devices.yaml policy.allow_model_host_path: false); use pvc or huggingFace"
-            )
-        if self.model_host_path_prefixes and not any(
-            PurePosixPath(path).is_relative_to(prefix) for prefix in self.model_host_path_prefixes
-        ):
-            allowed = ", ".join(self.model_host_path_prefixes)
-            return f"spec.model.source.hostPath {path} is outside the allowed directories ({allowed})"
-        return None
+    @field_validator("model_host_path_prefixes")
+    @classmethod
+    def _plain_paths(cls, prefixes: list[str]) -> list[str]:
+        for prefix in prefixes:
+            if normalise_host_path(prefix) is None or prefix.rstrip("/") == "":
+                raise ValueError(f"{prefix!r} must be an absolute directory other than / without '..' or '.'")
+        return prefixes
+
+    @field_validator("allowed_image_prefixes")
+    @classmethod
+    def _image_prefixes(cls, prefixes: list[str]) -> list[str]:
+        for prefix in prefixes:
+            if prefix_parts(prefix) is None:
+                raise ValueError(
+                    f"{prefix!r} is not a registry (quay.io) or registry/repository prefix (quay.io/ascend) "
+                    "without tag or digest"
+                )
+        return prefixes
 
 
 class DevicesConfig(_Strict):

@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
 from xw_operator.errors import ManifestError
+from xw_operator.policy import CONTROL_PLANE_PREFIX, MSG_CONTROL_PLANE, MSG_TOLERATE_ALL
 from xw_operator.validation import describe
 
 GROUP = "xw.dev"
@@ -331,7 +332,20 @@ class ResourceRequirements(ApiModel):
 
 
 class Toleration(ApiModel):
-    """A Kubernetes toleration (core/v1 Toleration)."""
+    """A Kubernetes toleration (core/v1 Toleration). Tolerating every taint (operator Exists without a
+    key) or a control-plane taint is refused here and by the CRD (policy.py has the messages)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!(has(self.operator) && self.operator == 'Exists' && (!has(self.key) || self.key == ''))",
+                    MSG_TOLERATE_ALL,
+                ),
+                _cel(f"!has(self.key) || !self.key.startsWith('{CONTROL_PLANE_PREFIX}')", MSG_CONTROL_PLANE),
+            ]
+        }
+    )
 
     key: str | None = Field(None, max_length=316, description="Taint key; empty with operator Exists matches all.")
     operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
@@ -342,6 +356,14 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(
         None, description="NoExecute only: how long the pod stays bound after the taint appears."
     )
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> Toleration:
+        if self.operator == "Exists" and not self.key:
+            raise ValueError(MSG_TOLERATE_ALL)
+        if self.key and self.key.startswith(CONTROL_PLANE_PREFIX):
+            raise ValueError(MSG_CONTROL_PLANE)
+        return self
 
 
 class ModelInstanceSpec(ApiModel):
@@ -359,8 +381,23 @@ class ModelInstanceSpec(ApiModel):
     )
     resources: ResourceRequirements | None = Field(None, description="CPU and memory for the engine container.")
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the pods require, added to the chip profile's."
+        default_factory=dict,
+        description="Node labels the pods require, added to the chip profile's (which they may not contradict; "
+        "control-plane labels are refused).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(f"self.all(k, !k.startsWith('{CONTROL_PLANE_PREFIX}'))", MSG_CONTROL_PLANE),
+            ]
+        },
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _no_control_plane(cls, selector: dict[str, str]) -> dict[str, str]:
+        if any(k.startswith(CONTROL_PLANE_PREFIX) for k in selector):
+            raise ValueError(MSG_CONTROL_PLANE)
+        return selector
+
     tolerations: list[Toleration] = Field(default_factory=list, description="Added to the chip profile's.")
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity rules (core/v1 Affinity).")
     api_key_secret_ref: SecretKeyRef | None = Field(

@@ -27,6 +27,7 @@ from xw_operator.devices import ARCHES, ChipModel, DevicesConfig, KubernetesProf
 from xw_operator.engines import CONTAINER_PORT, MODEL_MOUNT_PATH, EngineContext, build_command
 from xw_operator.errors import ImageNotAvailable, PolicyRefused, ResolveError
 from xw_operator.instance import ModelInstance
+from xw_operator.policy import Backend, check_image, check_placement, host_path_refusal
 from xw_operator.sandbox import DeviceNode, DeviceSandbox, SandboxRegistry, select_sandbox
 from xw_operator.topology import best_indices
 
@@ -83,6 +84,8 @@ class Resolved:
     kubernetes: KubernetesProfile | None = None
     # Variables the allocation owns; a renderer in device-plugin mode drops them.
     device_visibility_env: tuple[str, ...] = ()
+    # devices.yaml policy.writable_host_mounts: how Kubernetes keeps writable host mounts per namespace.
+    writable_host_mounts: str = "per-namespace"
 
     @property
     def model_source(self) -> SourceKind:
@@ -159,25 +162,33 @@ def resolve(
     *,
     arch: str | None = None,
     registry: SandboxRegistry | None = None,
+    backend: Backend = "kubernetes",
 ) -> Profile:
     """Resolve an instance against devices.yaml, for any devices.
 
     ``arch=None`` picks the one architecture the chip has an image for (Kubernetes then pins the pod
-    to it); an explicit ``arch`` (Docker mode: the host's own CPU) must have an image.
+    to it); an explicit ``arch`` (Docker mode: the host's own CPU) must have an image. ``backend``
+    selects the administrator's policy that applies (xw_operator.policy: a hostPath model source is
+    judged differently on a shared cluster and on one's own Docker host; placement only on Kubernetes).
     """
     spec = instance.spec
     chip_key, engine, count = spec.devices.chip, spec.engine.name, spec.devices.count
     source = _model_source(instance)
-    if source.host_path:
-        refusal = config.policy.check_model_host_path(source.host_path)
-        if refusal:
-            raise PolicyRefused(refusal, reason="HostPathNotAllowed")
     sandbox = select_sandbox(config, chip_key, engine, registry)
+    _check_policy(instance, config, sandbox, backend)
     capacity = sandbox.device_capacity()
     requested = tuple(spec.devices.indices) if spec.devices.indices is not None else None
     check_devices(chip_key, count, capacity, requested)
 
     image, chosen_arch = _image(instance, config, sandbox, arch)
+    if spec.engine.image:
+        check_image(
+            spec.engine.image,
+            configured=_configured_images(config, sandbox, chip_key, engine),
+            prefixes=config.policy.allowed_image_prefixes,
+            chip=chip_key,
+            engine=engine,
+        )
     model_path = source.hf_repo if source.hf_repo else MODEL_MOUNT_PATH
     engine_cmd = build_command(
         engine,
@@ -217,11 +228,39 @@ def resolve(
         requested_host_port=spec.port if "port" in spec.model_fields_set else None,
         kubernetes=kube,
         device_visibility_env=owned,
+        writable_host_mounts=config.policy.writable_host_mounts,
         device_capacity=capacity,
         requested_indices=requested,
         sandbox=sandbox,
         chip_model=ref.chip if ref is not None else None,
     )
+
+
+def _check_policy(instance: ModelInstance, config: DevicesConfig, sandbox: DeviceSandbox, backend: Backend) -> None:
+    """The administrator's policy (xw_operator.policy): host paths on both backends, placement on Kubernetes."""
+    spec, policy = instance.spec, config.policy
+    if spec.model.source.host_path:
+        refusal = host_path_refusal(
+            spec.model.source.host_path,
+            allow=policy.allow_model_host_path,
+            prefixes=policy.model_host_path_prefixes,
+            backend=backend,
+        )
+        if refusal:
+            raise PolicyRefused(refusal, reason="HostPathNotAllowed")
+    if backend == "kubernetes":
+        kube = sandbox.kubernetes()
+        check_placement(
+            spec.node_selector, spec.tolerations, spec.affinity, kube.node_selector if kube else {}, spec.devices.chip
+        )
+
+
+def _configured_images(config: DevicesConfig, sandbox: DeviceSandbox, chip_key: str, engine: str) -> list[str]:
+    """Every image devices.yaml (or the code sandbox) names for this chip and engine, any architecture."""
+    ref = config.find_chip(chip_key)
+    out = [ref.chip.image_for(engine, a) if ref else None for a in ARCHES]
+    out += [sandbox.default_image(a) for a in ARCHES]
+    return [i for i in out if i]
 
 
 def _model_source(instance: ModelInstance) -> ModelSource:
@@ -264,7 +303,7 @@ def _image(
         raise ImageNotAvailable(
             f"chip {chip_key} has no {engine} image for {chosen or 'any architecture'} "
             f"({where} is NONE or missing); supported architectures: {', '.join(supported) or 'none'}; "
-            "set spec.engine.image to use your own"
+            "set spec.engine.image to an image the administrator allows (devices.yaml policy)"
         )
     return image, chosen
 

@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 from xw_operator.errors import ResolveError
+from xw_operator.hardening import container_security_context, pod_security_fields, writable_mount_source
 from xw_operator.instance import API_VERSION, KIND, ModelInstance
 from xw_operator.labels import HOST_DEVICES_KEY, instance_labels, selector_labels
 from xw_operator.plan import Plan
@@ -132,12 +133,7 @@ def _deployment(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
 
 def _pod_spec(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
     volumes, mounts = _volumes(plan)
-    spec: dict[str, Any] = {
-        # The engine needs no API access; and service links would inject e.g. VLLM_PORT=tcp://... into
-        # the environment of an instance named "vllm", which vLLM then fails to parse.
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-    }
+    spec: dict[str, Any] = pod_security_fields(plan.kubernetes)  # hardening.py says why
     if plan.kubernetes and plan.kubernetes.runtime_class_name:
         spec["runtimeClassName"] = plan.kubernetes.runtime_class_name
     spec["nodeSelector"] = _node_selector(instance, plan)
@@ -286,10 +282,9 @@ def _container(instance: ModelInstance, plan: Plan, mounts: list[dict[str, Any]]
     resources = _resources(instance, plan)
     if resources:
         container["resources"] = resources
-    security: dict[str, Any] = {"privileged": _privileged(plan)}
-    if plan.capabilities:
-        security["capabilities"] = {"add": list(plan.capabilities)}
-    container["securityContext"] = security
+    container["securityContext"] = container_security_context(
+        plan.kubernetes, privileged=_privileged(plan), capabilities=plan.capabilities
+    )
     container.update(_probes(instance, plan))
     container["volumeMounts"] = mounts
     return container
@@ -348,9 +343,10 @@ def _volumes(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     add("shm", {"emptyDir": {"medium": "Memory", "sizeLimit": _quantity(plan.shm_bytes)}}, SHM_PATH, False)
     for volume in plan.volumes:
         read_only = volume.read_only or not _is_cache(volume.container)
+        host = {"hostPath": {"path": volume.host, "type": ""}}
         add(
             f"host-{_slug(volume.container)}",
-            {"hostPath": {"path": volume.host, "type": ""}},
+            host if read_only else writable_mount_source(volume, plan.namespace, plan.writable_host_mounts),
             volume.container,
             read_only,
         )

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from xw_operator.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
+# The shipped devices.yaml allows no hostPath model on Kubernetes; these tests use /models/m1 and /m.
+pytestmark = pytest.mark.usefixtures("test_devices_file")
 
 
 def manifest(tmp_path: Path, chip: str, count: int, **spec: Any) -> Path:

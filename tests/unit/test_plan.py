@@ -61,12 +61,16 @@ def test_none_image_for_requested_arch(shipped_config: DevicesConfig, make_insta
 
 def test_engine_with_no_image_anywhere(seed_config: DevicesConfig, make_instance: Any) -> None:
     with pytest.raises(ResolveError, match="chip ascend-310p has no mlguider image for any architecture"):
-        resolve(make_instance("ascend-310p", 1, engine={"name": "mlguider"}), seed_config).bind()
+        source = {"huggingFace": {"repo": "org/m"}}  # the seed file allows no hostPath on Kubernetes
+        resolve(make_instance("ascend-310p", 1, engine={"name": "mlguider"}, source=source), seed_config).bind()
 
 
 def test_image_override_wins(shipped_config: DevicesConfig, make_instance: Any) -> None:
+    config = _with_policy(
+        shipped_config, model_host_path_prefixes=["/data"], allowed_image_prefixes=["docker.io/library/mine"]
+    )
     plan = resolve(
-        make_instance("ascend-910b", 1, engine={"name": "vllm", "image": "mine:1"}), shipped_config, arch="amd64"
+        make_instance("ascend-910b", 1, engine={"name": "vllm", "image": "mine:1"}), config, arch="amd64"
     ).bind()
     assert plan.image == "mine:1" and plan.arch == "amd64"
 
@@ -110,9 +114,8 @@ def test_resolve_is_deterministic(shipped_config: DevicesConfig, make_instance: 
 
 
 def test_code_sandbox_plan(shipped_config: DevicesConfig, make_instance: Any) -> None:
-    plan = resolve(
-        make_instance("cambricon-mlu370", 2, engine={"name": "vllm", "image": "mlu:1"}), shipped_config
-    ).bind()
+    config = _with_policy(shipped_config, model_host_path_prefixes=["/data"], allowed_image_prefixes=["docker.io"])
+    plan = resolve(make_instance("cambricon-mlu370", 2, engine={"name": "vllm", "image": "mlu:1"}), config).bind()
     assert plan.env_dict["MLU_VISIBLE_DEVICES"] == "0,1"
     assert "/dev/cambricon_ipcm1" in [n.host for n in plan.device_nodes]
 

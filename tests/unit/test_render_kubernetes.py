@@ -94,6 +94,7 @@ def shipped_with(changes: dict[str, Any]) -> DevicesConfig:
         for chip in vendor["chip_models"]:
             if chip["config_key"] in changes:
                 chip["kubernetes"] = changes[chip["config_key"]]
+    data["policy"]["model_host_path_prefixes"] = ["/data"]  # the instances' hostPath model source
     return parse_devices_config(yaml.safe_dump(data))
 
 
@@ -125,7 +126,9 @@ def test_ascend_plugin_mode_drops_visibility_variables_but_keeps_static_env(ship
 def test_ascend_plugin_mode_is_unprivileged_but_keeps_sandbox_capabilities(shipped_config: DevicesConfig) -> None:
     security = engine(render(instance("ascend-910b", 4), shipped_config)[0])["securityContext"]
     assert security["privileged"] is False  # the sandbox says privileged, the plugin mode overrides it
-    assert security["capabilities"] == {"add": ["SYS_ADMIN", "SYS_RAWIO", "IPC_LOCK", "SYS_RESOURCE"]}
+    assert security["capabilities"] == {"add": ["SYS_ADMIN", "SYS_RAWIO", "IPC_LOCK", "SYS_RESOURCE"], "drop": ["ALL"]}
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
 def test_plugin_mode_privileged_only_when_the_profile_opts_in() -> None:
@@ -183,7 +186,12 @@ def test_nvidia_x2_plugin_mode(shipped_config: DevicesConfig) -> None:
     env = env_of(dep)
     assert "NVIDIA_VISIBLE_DEVICES" not in env
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
-    assert container["securityContext"] == {"privileged": False}  # no capabilities configured
+    assert container["securityContext"] == {  # no capabilities configured: all dropped
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert pod(dep)["nodeSelector"] == {"kubernetes.io/arch": "amd64", "accelerator": "nvidia-gpu"}
     assert volumes_by_mount(dep)["/dev/shm"][0]["emptyDir"]["sizeLimit"] == "32Gi"
     assert "runtimeClassName" not in pod(dep)
@@ -214,7 +222,11 @@ def test_host_device_mode_mounts_allocated_nodes_and_forces_privileged(host_devi
     assert "/dev/acme2" not in mounts and "/dev/acme3" not in mounts  # not allocated
     assert mounts["/dev/acme_ctl"][0]["hostPath"] == {"path": "/dev/acme_ctl", "type": ""}  # control node
     assert mounts["/dev/dri"][0]["hostPath"] == {"path": "/dev/dri", "type": ""}  # a directory
-    assert container["securityContext"] == {"privileged": True, "capabilities": {"add": ["IPC_LOCK"]}}
+    assert container["securityContext"] == {  # privileged: escalation cannot be switched off
+        "privileged": True,
+        "capabilities": {"add": ["IPC_LOCK"], "drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert "resources" not in container  # nothing to request without a device plugin
     env = env_of(dep)
     assert env["ACME_VISIBLE_DEVICES"] == "0,1"  # no plugin: the sandbox's variable is how chips are chosen
@@ -480,7 +492,9 @@ def test_user_may_override_the_architecture_pin(shipped_config: DevicesConfig) -
     inst = instance(
         "nvidia-t4", 1, engine={"name": "vllm", "image": "me/vllm:multi"}, nodeSelector={"kubernetes.io/arch": "arm64"}
     )
-    assert pod(render(inst, shipped_config)[0])["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    policy = shipped_config.policy.model_copy(update={"allowed_image_prefixes": ["docker.io/me"]})
+    dep, _ = render(inst, shipped_config.model_copy(update={"policy": policy}))
+    assert pod(dep)["nodeSelector"]["kubernetes.io/arch"] == "arm64"
 
 
 @pytest.mark.parametrize("chip", ["ascend-910b", "ascend-310p", "metax-c550", "nvidia-t4"])
@@ -499,7 +513,7 @@ def test_render_does_not_import_kopf() -> None:
     assert out.strip() == "False"
 
 
-def test_cli_render_prints_deployment_and_service(tmp_path: Path) -> None:
+def test_cli_render_prints_deployment_and_service(tmp_path: Path, test_devices_file: Path) -> None:
     from click.testing import CliRunner
 
     from xw_operator.cli import main

@@ -240,7 +240,7 @@ class DockerRuntime:
 
     def prepare(self, instance: ModelInstance) -> Profile:
         """Checks that need no lock: the instance resolves for this host and its model source works here."""
-        profile = resolve(instance, self.config, arch=self.arch)
+        profile = resolve(instance, self.config, arch=self.arch, backend="docker")
         docker_model_volume(profile)  # refuses a pvc source
         host_path = profile.model.host_path
         if host_path is not None and not Path(host_path).is_dir():
