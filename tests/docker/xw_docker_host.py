@@ -126,6 +126,8 @@ def devices_yaml(root: Path, *, npu_runtime: str = "runc", extra_npu_device: str
     images = {"vllm": {"amd64": OK_IMAGE, "arm64": OK_IMAGE}}
     return {
         "version": "1.0",
+        # The tests' stand-in images (ok, unhealthy, exits, a missing tag) are named in spec.engine.image.
+        "policy": {"allowed_image_prefixes": ["docker.io/xw-test"]},
         "vendors": [
             {
                 "vendor_name": "TestVendor",

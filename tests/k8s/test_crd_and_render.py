@@ -91,8 +91,11 @@ CASES = [
 
 
 def configs() -> dict[str, DevicesConfig]:
+    shipped = load_devices_config(packaged_devices_config_path())
+    # The shipped policy allows no hostPath model on Kubernetes; these cases mount /data/models/... and /m.
+    policy = shipped.policy.model_copy(update={"model_host_path_prefixes": ["/data/models", "/m"]})
     return {
-        "shipped": load_devices_config(packaged_devices_config_path()),
+        "shipped": shipped.model_copy(update={"policy": policy}),
         "host-device": load_devices_config(HOST_DEVICE_CONFIG),
     }
 

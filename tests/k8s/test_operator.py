@@ -31,7 +31,7 @@ def instance(name: str, chip: str = "ascend-910b", count: int = 4, **spec: Any) 
         "kind": "ModelInstance",
         "metadata": {"name": name},
         "spec": {
-            "model": {"source": {"hostPath": f"/data/models/{name}"}},
+            "model": {"source": {"huggingFace": {"repo": f"org/{name}"}}},
             "engine": {"name": "vllm", "args": ["--max-model-len=8192"]},
             "devices": {"chip": chip, "count": count},
         },

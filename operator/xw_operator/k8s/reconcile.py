@@ -28,6 +28,13 @@ from xw_operator.errors import XwError
 from xw_operator.instance import GROUP, PLURAL, VERSION, ModelInstance, ModelInstanceStatus, parse_instance
 from xw_operator.k8s.client import KubeApi, object_path, path_of
 from xw_operator.k8s.events import now_rfc3339, post_event, transition_event
+from xw_operator.k8s.ownership import (
+    NameConflict,
+    ensure_controlled,
+    owned_or_none,
+    revocation_message,
+    withdraw_workload,
+)
 from xw_operator.k8s.status import Failure, Observed, compute_status, status_differs, status_patch
 from xw_operator.labels import MODEL_INSTANCE_KEY, is_bookkeeping_annotation
 from xw_operator.plan import Plan, resolve
@@ -99,7 +106,7 @@ def stamp(obj: Mapping[str, Any]) -> Obj:
 
 def classify_failure(exc: XwError) -> Failure:
     """Reason for the Failed phase: the error type's own reason (UnknownChip, NoSandbox, ...)."""
-    return Failure(exc.reason, str(exc))
+    return Failure(exc.reason, revocation_message(exc.reason, str(exc)))
 
 
 def desired_state(body: Mapping[str, Any], config: DevicesConfig) -> Desired:
@@ -180,10 +187,13 @@ def apply_children(api: KubeApi, desired: Desired, generations: dict[ChildKey, i
     current (e.g. after an operator restart) sets the baseline without a write.
     """
     generations = generations if generations is not None else {}
+    keys = [child_key(c) for c in desired.children]
+    lives = {key: api.get(_path(c)) for key, c in zip(keys, desired.children, strict=True)}
+    # Before any write: every name must be free or ours (ownership.py); raises NameConflict.
+    ensure_controlled(desired.children, lives, keys, desired.instance.metadata.model_dump())
     applied = []
-    for child in desired.children:
-        key = child_key(child)
-        live = api.get(_path(child))
+    for child, key in zip(desired.children, keys, strict=True):
+        live = lives[key]
         if is_current(child, live, generations.get(key)):
             if (gen := generation_of(live)) is not None:
                 generations[key] = gen
@@ -223,9 +233,16 @@ class Reconciler:
             try:
                 desired = desired_state(body, self.config)
             except InvalidSpec as exc:
+                withdraw_workload(self.api, body, exc.failure.reason, SPEC_HASH_ANNOTATION)  # revocation
                 self._write_status(body, self._observe(body, None, exc.failure))
                 raise
-            applied = apply_children(self.api, desired, self.generations)
+            try:
+                applied = apply_children(self.api, desired, self.generations)
+            except NameConflict as exc:
+                failure = classify_failure(exc)
+                # The transition Event (Warning, reason NameConflict) names the existing object.
+                self._write_status(body, self._observe(body, None, failure))
+                raise InvalidSpec(failure) from None
             if applied:
                 log.info("ModelInstance %s/%s: applied %s", namespace, name, ", ".join(applied))
             self._write_status(body, self._observe(body, desired, None))
@@ -260,7 +277,7 @@ class Reconciler:
         generation = int(meta.get("generation") or 1)
         previous = normalise_status(body.get("status"))
         if desired is None:
-            dep = self.api.get(object_path("apps/v1", "deployments", namespace, name))
+            dep = owned_or_none(self.api.get(object_path("apps/v1", "deployments", namespace, name)), meta)
             return Observed(
                 generation=generation,
                 desired_replicas=int((body.get("spec") or {}).get("replicas", 1) or 0),

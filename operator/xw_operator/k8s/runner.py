@@ -91,11 +91,13 @@ class ConfigReactions:
             change.digest,
             ", ".join(sorted(change.chips)) or "none",
         )
+        # A policy change (tightened or relaxed) can affect every instance, whatever its chip.
+        policy_changed = change.old.policy != change.new.policy
         for body in self.instances():
             meta = body["metadata"]
             chip = ((body.get("spec") or {}).get("devices") or {}).get("chip")
             failed = (body.get("status") or {}).get("phase") == FAILED
-            if chip not in change.chips and not failed:
+            if chip not in change.chips and not failed and not policy_changed:
                 continue  # untouched: its rendering cannot have changed
             try:
                 applied = self.reconciler.reconcile(meta["namespace"], meta["name"])
