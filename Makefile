@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test unit lint cluster-binaries cluster-up cluster-down docker-up docker-down images crds bench
+.PHONY: help demo test unit lint checkov cluster-binaries cluster-up cluster-down docker-up docker-down images crds bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,6 +18,9 @@ unit: ## lint + unit tests only (no cluster, no Docker)
 
 lint: ## ruff + mypy
 	bash hack/test.sh lint
+
+checkov: ## scan the Helm chart and rendered samples with checkov (own venv); skips in hack/checkov-skips.yaml
+	bash hack/checkov.sh
 
 cluster-binaries: ## build (or reuse) etcd, kube-*, kwok, kubectl, helm into the cache
 	bash hack/cluster.sh build

@@ -137,10 +137,19 @@ def test_default_render_has_every_object_and_nothing_else(helm: str) -> None:
             ("Role", f"{RELEASE}-xw-operator-devices-config"),
             ("RoleBinding", f"{RELEASE}-xw-operator-devices-config"),
             ("ServiceAccount", f"{RELEASE}-xw-operator"),
+            ("ValidatingAdmissionPolicy", f"{NAMESPACE}-{RELEASE}-xw-operator-managed-only"),
+            ("ValidatingAdmissionPolicyBinding", f"{NAMESPACE}-{RELEASE}-xw-operator-managed-only"),
         ]
     )
+    cluster_scoped = (
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    )
     for obj in objects:
-        if obj["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]
         assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "xw-operator"
 
@@ -213,6 +222,22 @@ def test_rbac_never_grants_secrets_wildcards_pod_writes_or_deletes(helm: str) ->
                     assert set(rule["verbs"]) <= {"get", "list", "watch"}
                 if "configmaps" in rule["resources"]:
                     assert rule["resourceNames"] == [CONFIGMAP_NAME] and role["kind"] == "Role"
+
+
+def test_admission_policy_binds_the_operator_service_account_and_can_be_switched_off(helm: str) -> None:
+    objects = render(helm)
+    policy = one(objects, "ValidatingAdmissionPolicy")
+    user = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-xw-operator"
+    assert policy["spec"]["matchConditions"][0]["expression"] == f"request.userInfo.username == '{user}'"
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert {r["resources"][0] for r in policy["spec"]["matchConstraints"]["resourceRules"]} == {
+        "deployments",
+        "services",
+    }
+    binding = one(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    off = render(helm, "--set", "admissionPolicy.enabled=false")
+    assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ValidatingAdmissionPolicyBinding")
 
 
 def test_configmap_defaults_to_the_shipped_devices_yaml(helm: str) -> None:

@@ -146,6 +146,7 @@ def test_install_creates_every_chart_object(cluster: Any, release: Release) -> N
     assert kinds == sorted(
         ["CustomResourceDefinition", "ServiceAccount", "ConfigMap", "Deployment"]
         + ["Role", "RoleBinding"] * 3  # one per watched namespace, and the release namespace's ConfigMap reader
+        + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]  # the cluster serves the API (1.34)
     )
     for obj in objects:
         ns = obj["metadata"].get("namespace")
@@ -227,6 +228,36 @@ def test_operator_with_chart_identity_reconciles_create_ready_delete(
     wait_deleted(cluster, ns, name)
     assert operator.process.proc.poll() is None, operator.process.logs()
     assert_no_denials(cluster, release, operator)
+
+
+def test_admission_policy_confines_the_service_account_to_its_own_objects(cluster: Any, release: Release) -> None:
+    """The chart's ValidatingAdmissionPolicy, in the real API server: as the operator's ServiceAccount
+    (impersonated), a write to anything but an xw-operator-labelled, ModelInstance-controlled object is
+    denied even where RBAC allows it. Server-side dry runs: admission runs, nothing is stored."""
+    user, ns = release.user, release.watched
+    label = {"app.kubernetes.io/managed-by": "xw-operator"}
+    owner = [
+        {"apiVersion": "xw.dev/v1alpha1", "kind": "ModelInstance", "name": "x", "uid": "0" * 8, "controller": True}
+    ]
+
+    def service(name: str, labels: dict[str, str], owners: list[dict[str, Any]]) -> str:
+        meta = {"name": name, "namespace": ns, "labels": labels, "ownerReferences": owners}
+        return json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {"ports": [{"port": 80}]}})
+
+    def as_operator(*args: str, doc: str | None = None) -> Any:
+        return cluster.kubectl(*args, "-n", ns, "--as", user, "--dry-run=server", input=doc, check=False)
+
+    allowed = as_operator("create", "-f", "-", doc=service("ours", label, owner))
+    assert allowed.returncode == 0, allowed.stderr
+    unlabelled = as_operator("create", "-f", "-", doc=service("plain", {}, owner))
+    assert unlabelled.returncode != 0 and "labelled app.kubernetes.io/managed-by: xw-operator" in unlabelled.stderr
+    unowned = as_operator("create", "-f", "-", doc=service("loose", label, []))
+    assert unowned.returncode != 0 and "controlled by a ModelInstance" in unowned.stderr
+    # Someone else's Service: adding our label to take it over is denied, and so is deleting it.
+    cluster.kubectl("create", "-f", "-", input=service("foreign", {"app": "payments"}, []))
+    relabel = as_operator("label", "service", "foreign", "app.kubernetes.io/managed-by=xw-operator")
+    assert relabel.returncode != 0 and "ValidatingAdmissionPolicy" in relabel.stderr, relabel.stderr
+    cluster.kubectl("delete", "service", "foreign", "-n", ns)
 
 
 def _container_image(cluster: Any, ns: str, name: str) -> str | None:
