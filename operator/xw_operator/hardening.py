@@ -50,10 +50,14 @@ def pod_security_fields(profile: KubernetesProfile | None) -> dict[str, Any]:
     """The engine needs no API access; service links would inject e.g. VLLM_PORT=tcp://... into an
     instance named "vllm", which vLLM then fails to parse -- and they leak the namespace's Services."""
     relaxed = _relaxed(profile)
-    return {
+    fields: dict[str, Any] = {
         "automountServiceAccountToken": "serviceAccountToken" in relaxed,
         "enableServiceLinks": "serviceLinks" in relaxed,
     }
+    if "seccomp" not in relaxed:
+        # Also at pod level, so any container added later (an init container, a sidecar) inherits it.
+        fields["securityContext"] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    return fields
 
 
 def writable_mount_source(volume: VolumeSpec, namespace: str | None, mode: str) -> dict[str, Any]:

@@ -247,6 +247,7 @@ def test_every_shipped_profile_renders_hardened_pods(
     pod = _pod(render_kubernetes(inst, resolve(inst, shipped_config)))
     assert pod["automountServiceAccountToken"] is False
     assert pod["enableServiceLinks"] is False
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
     assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
     security = pod["containers"][0]["securityContext"]
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -268,6 +269,7 @@ def test_a_profile_may_relax_hardening_explicitly(shipped_config: DevicesConfig,
     assert "seccompProfile" not in security and "capabilities" not in security
     assert security["allowPrivilegeEscalation"] is False  # not relaxed
     assert pod["enableServiceLinks"] is True and pod["automountServiceAccountToken"] is False
+    assert "securityContext" not in pod
 
 
 def test_writable_host_mounts_are_private_to_the_namespace(shipped_config: DevicesConfig, make_instance: Any) -> None:
