@@ -452,7 +452,7 @@ def test_revocation_stops_the_workload_and_restoring_brings_it_back(
     )
     dep = get(cluster, ns, "deployment", "weights")
     assert dep is not None and dep["spec"]["replicas"] == 0
-    assert "no engine pod runs" in status_of(cluster, ns, "weights")[2]
+    assert "no engine pod runs until" in status_of(cluster, ns, "weights")[2]
     assert pods_of(cluster, ns, "gpu"), "an unaffected instance lost its pods"
 
     # 2. ... and removes the nvidia-t4 profile.

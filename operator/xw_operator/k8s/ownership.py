@@ -106,7 +106,7 @@ def revocation_message(reason: str, message: str) -> str:
     """The status message of a failure; a revoking one says that nothing runs until it is allowed again."""
     if reason not in REVOKING_REASONS:
         return message
-    return f"{message} (no engine pod runs: the Deployment is scaled to 0 until this is allowed again)"
+    return f"{message} (no engine pod runs until this is allowed again)"
 
 
 def withdraw_workload(api: KubeApi, instance_body: Obj, reason: str, hash_annotation: str) -> bool:
