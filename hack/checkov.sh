@@ -26,9 +26,10 @@ HELM="$(bash hack/cluster.sh bin-dir)/helm"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-# Capabilities as on the local cluster (v1.34): the ValidatingAdmissionPolicy is rendered and scanned too.
-"$HELM" template xw-operator charts/xw-operator --namespace xw-system > "$out/chart-default.yaml"
-"$HELM" template xw-operator charts/xw-operator --namespace xw-system \
+# As on a cluster that serves ValidatingAdmissionPolicy (>= 1.30): the policy is rendered and scanned too.
+vap=(--api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy)
+"$HELM" template xw-operator charts/xw-operator --namespace xw-system "${vap[@]}" > "$out/chart-default.yaml"
+"$HELM" template xw-operator charts/xw-operator --namespace xw-system "${vap[@]}" \
   --set 'watchNamespaces={team-a}' > "$out/chart-namespaced.yaml"
 for sample in configs/samples/*.yaml; do
   .venv/bin/xw render -f "$sample" --devices-config configs/devices.yaml > "$out/sample-$(basename "$sample")"
