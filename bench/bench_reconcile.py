@@ -29,7 +29,7 @@ def body(i: int) -> dict[str, Any]:
         "kind": "ModelInstance",
         "metadata": {"name": f"m{i}", "namespace": "bench", "uid": f"uid-{i}", "generation": 1},
         "spec": {
-            "model": {"source": {"hostPath": f"/data/m{i}"}},
+            "model": {"source": {"huggingFace": {"repo": f"org/m{i}"}}},
             "devices": {"chip": CHIPS[i % len(CHIPS)], "count": 1},
         },
     }

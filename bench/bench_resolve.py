@@ -19,7 +19,7 @@ DOC = {
     "kind": "ModelInstance",
     "metadata": {"name": "bench"},
     "spec": {
-        "model": {"source": {"hostPath": "/data/models/m"}},
+        "model": {"source": {"huggingFace": {"repo": "org/m"}}},
         "engine": {"name": "vllm", "args": ["--max-model-len=8192"]},
         "devices": {"chip": "ascend-910c", "count": 8},
     },
