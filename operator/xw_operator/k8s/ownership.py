@@ -109,8 +109,9 @@ def revocation_message(reason: str, message: str) -> str:
     return f"{message} (no engine pod runs until this is allowed again)"
 
 
-def withdraw_workload(api: KubeApi, instance_body: Obj, reason: str, hash_annotation: str) -> bool:
-    """Scale the instance's Deployment to 0 when ``reason`` revokes it; True when a patch was sent.
+def withdraw_workload(api: KubeApi, instance_body: Obj, reason: str, hash_annotation: str) -> Obj | None:
+    """Scale the instance's Deployment to 0 when ``reason`` revokes it; the patched Deployment, or None
+    when nothing was written.
 
     Scaling (not deleting) needs no delete permission and leaves a visible ``0/0`` Deployment behind.
     The patch also clears the spec-hash annotation, so the next allowed reconcile re-applies the current
@@ -118,15 +119,15 @@ def withdraw_workload(api: KubeApi, instance_body: Obj, reason: str, hash_annota
     replaced since the GET is never touched.
     """
     if reason not in REVOKING_REASONS:
-        return False
+        return None
     meta = instance_body["metadata"]
     path = object_path("apps/v1", "deployments", meta["namespace"], meta["name"])
     live = api.get(path)
     if live is None or live["metadata"].get("deletionTimestamp") or not controls(live, meta):
-        return False
+        return None
     annotations = live["metadata"].get("annotations") or {}
     if live.get("spec", {}).get("replicas") == 0 and annotations.get(hash_annotation) == WITHDRAWN:
-        return False
+        return None
     patch = {
         "metadata": {
             "resourceVersion": live["metadata"]["resourceVersion"],
@@ -134,11 +135,11 @@ def withdraw_workload(api: KubeApi, instance_body: Obj, reason: str, hash_annota
         },
         "spec": {"replicas": 0},
     }
-    api.merge_patch(path, patch)
+    patched = api.merge_patch(path, patch)
     log.warning(
         "ModelInstance %s/%s: %s; scaled its Deployment to 0 (the administrator no longer allows it)",
         meta["namespace"],
         meta["name"],
         reason,
     )
-    return True
+    return patched

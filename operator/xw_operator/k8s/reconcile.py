@@ -233,7 +233,9 @@ class Reconciler:
             try:
                 desired = desired_state(body, self.config)
             except InvalidSpec as exc:
-                withdraw_workload(self.api, body, exc.failure.reason, SPEC_HASH_ANNOTATION)  # revocation
+                withdrawn = withdraw_workload(self.api, body, exc.failure.reason, SPEC_HASH_ANNOTATION)  # revocation
+                if withdrawn is not None and (gen := generation_of(withdrawn)) is not None:
+                    self.generations[child_key(withdrawn)] = gen  # our own write: not drift
                 self._write_status(body, self._observe(body, None, exc.failure))
                 raise
             try:
