@@ -2,6 +2,7 @@
 # Copy the single sources into the Helm chart (a chart cannot read files outside its directory):
 #   crds/*.yaml          -> charts/xw-operator/files/crds/   (wrapped by templates/crds.yaml)
 #   configs/devices.yaml -> charts/xw-operator/files/devices.yaml (the ConfigMap's default)
+#   configs/models.yaml, configs/runtime_params.yaml -> charts/xw-operator/files/ (the recipe keys' default)
 #
 #   bash hack/sync-chart-files.sh          copy
 #   bash hack/sync-chart-files.sh --check  exit 1 and name the files that differ (tests/k8s/test_chart_template.py
@@ -12,7 +13,8 @@ CHART=charts/xw-operator/files
 check=0
 [ "${1:-}" = "--check" ] && check=1
 
-pairs=("configs/devices.yaml:$CHART/devices.yaml")
+pairs=("configs/devices.yaml:$CHART/devices.yaml" "configs/models.yaml:$CHART/models.yaml"
+       "configs/runtime_params.yaml:$CHART/runtime_params.yaml")
 for crd in crds/*.yaml; do
   [ -e "$crd" ] || continue
   pairs+=("$crd:$CHART/crds/$(basename "$crd")")

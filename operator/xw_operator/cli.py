@@ -6,6 +6,7 @@ Exit codes: 0 success; 2 bad input (one clear line on stderr, nothing on stdout)
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
@@ -58,7 +59,10 @@ def render_instance_docker(
 ) -> dict[str, Any]:
     """What `xw run` would create, except the host port when spec.port is not given (run picks it)."""
     plan = resolve_for(instance, config, arch, "docker")
-    return render_docker(plan, server_name=server_name, host_port=plan.requested_host_port)
+    # Docker mode backs an engine's work directory with <state dir>/work/<instance> (xw run creates it).
+    state = os.path.expanduser(os.environ.get("XW_STATE_DIR") or "~/.xw")
+    work = os.path.join(state, "work", instance.name) if plan.work_dir else None
+    return render_docker(plan, server_name=server_name, host_port=plan.requested_host_port, work_host_dir=work)
 
 
 @main.command()

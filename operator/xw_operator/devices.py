@@ -22,13 +22,16 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from xw_operator.engines import EngineDefinition
 from xw_operator.errors import ConfigError
 from xw_operator.policy import normalise_host_path, prefix_parts
+from xw_operator.recipes import Recipes, load_recipes
 from xw_operator.validation import describe
 
 ARCHES = ("amd64", "arm64")
@@ -57,8 +60,9 @@ EnvValue = Annotated[str, BeforeValidator(_env_value)]
 
 
 def _hex_id(value: Any) -> str:
+    """A PCI id as ``0x…`` text; the loader keeps unquoted ``0xd802`` as text (see :class:`_HexKeepingLoader`)."""
     if not isinstance(value, str) or not _HEX.match(value):
-        raise ValueError(f'expected a quoted hex id such as "0x19e5", got {value!r}')
+        raise ValueError(f'expected a hex id such as "0x19e5", got {value!r}')
     return value.lower()
 
 
@@ -67,16 +71,24 @@ HexId = Annotated[str, BeforeValidator(_hex_id)]
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    """A bind mount from the seed's ``host:container[:ro|rw]`` notation."""
+    """A bind mount from the seed's ``host:container[:ro|rw]`` notation.
+
+    ``read_only`` is the mode as written: True for ``:ro``, False for ``:rw``, None when the entry names
+    none; :func:`xw_operator.mounts.volume_read_only` decides what None means (read-only unless a cache).
+    """
 
     host: str
     container: str
-    read_only: bool
+    read_only: bool | None = None
+
+    @property
+    def mode(self) -> str | None:
+        return None if self.read_only is None else ("ro" if self.read_only else "rw")
 
     @classmethod
     def parse(cls, text: str) -> VolumeSpec:
         parts = text.split(":")
-        mode = "rw"
+        mode: str | None = None
         if len(parts) == 3:
             host, container, mode = parts
         elif len(parts) == 2:
@@ -85,14 +97,14 @@ class VolumeSpec:
             host = container = parts[0]
         else:
             raise ValueError(f"volume {text!r} is not host:container[:ro|rw]")
-        if mode not in ("ro", "rw"):
+        if mode not in (None, "ro", "rw"):
             raise ValueError(f"volume {text!r}: mode must be ro or rw, got {mode!r}")
         if not host.startswith("/") or not container.startswith("/"):
             raise ValueError(f"volume {text!r}: host and container paths must be absolute")
-        return cls(host=host, container=container, read_only=mode == "ro")
+        return cls(host=host, container=container, read_only=None if mode is None else mode == "ro")
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.container}:{'ro' if self.read_only else 'rw'}"
+        return f"{self.host}:{self.container}" + (f":{self.mode}" if self.mode else "")
 
 
 def _parse_volume(value: Any) -> VolumeSpec:
@@ -175,7 +187,7 @@ class ExtSandboxes(BaseModel):
 class Variant(_Strict):
     subsystem_device_id: HexId
     variant_key: str
-    variant_name: str
+    variant_name: str | None = None  # display only; xw-cli files omit it at times
 
 
 class Box(_Strict):
@@ -330,6 +342,22 @@ class DevicesConfig(_Strict):
     version: str
     vendors: list[Vendor] = Field(default_factory=list)
     policy: Policy = Field(default_factory=Policy)
+    engines: dict[str, EngineDefinition] = Field(
+        default_factory=dict,
+        description="our addition: engine definitions overriding or adding to the shipped engines.yaml",
+    )
+    # The recipe files found beside devices.yaml (or in the operator's ConfigMap); not a devices.yaml key.
+    _recipes: Recipes = PrivateAttr(default_factory=Recipes)
+
+    @property
+    def recipes(self) -> Recipes:
+        return self._recipes
+
+    def with_recipes(self, recipes: Recipes) -> DevicesConfig:
+        """A copy carrying ``recipes`` (models.yaml / runtime_params.yaml)."""
+        copy = self.model_copy()
+        copy._recipes = recipes
+        return copy
 
     @field_validator("version", mode="before")
     @classmethod
@@ -387,10 +415,28 @@ class DevicesConfig(_Strict):
         return None
 
 
+class _HexKeepingLoader(yaml.SafeLoader):
+    """YAML reads unquoted ``0xd802`` as the int 53250; xw-cli's files write ids that way at times.
+
+    This loader keeps such scalars as the text written (normalised to lower case), so a hex id loads as
+    ``"0xd802"`` while a decimal ``53250`` is still an int and still refused: it is ambiguous.
+    """
+
+
+def _int_or_hex_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    text = str(node.value)
+    if text.lower().startswith("0x"):
+        return text.lower()
+    return loader.construct_yaml_int(node)
+
+
+_HexKeepingLoader.add_constructor("tag:yaml.org,2002:int", _int_or_hex_text)
+
+
 def parse_devices_config(text: str, source: str = "devices.yaml") -> DevicesConfig:
     """Validate devices.yaml text; every failure is a ConfigError naming the source and the field."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_HexKeepingLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -403,12 +449,16 @@ def parse_devices_config(text: str, source: str = "devices.yaml") -> DevicesConf
         raise ConfigError(f"{source}: {describe(exc)}") from None
 
 
-def load_devices_config(path: str | os.PathLike[str]) -> DevicesConfig:
+def load_devices_config(path: str | os.PathLike[str], *, with_recipes: bool = True) -> DevicesConfig:
+    """devices.yaml plus, by default, the recipe files beside it (models.yaml, runtime_params.yaml)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read devices config {path}: {exc.strerror or exc}") from None
-    return parse_devices_config(text, source=str(path))
+    config = parse_devices_config(text, source=str(path))
+    if not with_recipes:
+        return config
+    return config.with_recipes(load_recipes(Path(path).resolve().parent))
 
 
 def packaged_devices_config_path() -> Path:

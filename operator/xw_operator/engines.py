@@ -1,17 +1,233 @@
-"""Engine command builders: how each inference engine is told what to serve.
+"""Engine definitions: how an inference engine is started, as configuration.
 
-An engine is a small function from the instance's facts to (command, args, env). ``vllm`` gets an explicit
-``vllm serve`` command line; ``mindie`` images start their own entrypoint and read environment variables
-(as the seed drove them); any other engine name passes ``spec.engine.args`` to the image's entrypoint.
+An *engine definition* says, for one engine name (``spec.engine.name``: ``vllm``, ``mindie``, ...):
+whether the image's own entrypoint runs or an explicit command replaces it, the argument and environment
+templates with placeholders (``{model_path}``, ``{served_name}``, ``{tensor_parallel_size}``, ...), how the
+tuned parameters of a model recipe reach the engine (as variables, as flags, or only via placeholders),
+which placeholders user arguments may override, and the engine's health and readiness paths. The format
+is documented in ``docs/engines.md``.
+
+Where definitions come from, first match wins (the same **config > code > error** rule as sandboxes):
+
+1. ``engines:`` at the top level of devices.yaml (an administrator's own definitions);
+2. the shipped definitions (``data/engines.yaml``: ``vllm`` with an explicit ``vllm serve``,
+   ``vllm-xw`` for xw-cli's env-driven vLLM images, ``mindie``, ``omni-infer``, ``mlguider``);
+3. engines registered in code with :func:`register_engine` (logic a template cannot express);
+4. otherwise a :class:`~xw_operator.errors.ResolveError` naming the engine and the known ones.
+
+Several definitions may serve one engine name: those with ``images`` patterns are chosen when the
+resolved image matches one (an image's launch contract belongs to the image: xw-cli's vLLM images read
+``MODEL_PATH``/``TENSOR_PARALLEL`` from the environment, upstream vLLM images need ``vllm serve``); the
+one without patterns is the fallback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xw_operator.errors import ConfigError, ResolveError
+from xw_operator.validation import describe
 
 MODEL_MOUNT_PATH = "/mnt/model"  # where hostPath/pvc weights appear inside the container (seed path)
 CONTAINER_PORT = 8000
+DEFAULT_HEALTH_PATH = "/health"
+DEFAULT_READY_PATH = "/v1/models"
+
+# Placeholders every definition may use; tuned parameters of a recipe add their own keys.
+BUILTIN_PLACEHOLDERS = (
+    "model_path",  # what the engine loads: the mount path of hostPath/pvc weights, or a hub repo id
+    "model_id",  # the catalog model id (or the instance name without one)
+    "served_name",  # the name clients ask for
+    "revision",  # a hub revision (unset without one)
+    "device_count",
+    "tensor_parallel_size",  # the device count unless a tuned parameter or a user argument says otherwise
+    "pipeline_parallel_size",
+    "world_size",  # tensor_parallel_size x pipeline_parallel_size
+    "port",  # the container port the engine listens on
+    "work_dir",  # a writable per-instance scratch directory (only for definitions that ask for one)
+)
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\|([^{}]*))?\}")
+_FLAG_ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size"}
+
+
+# ------------------------------------------------------------------------------------------- templates
+
+
+def placeholders(template: str) -> list[str]:
+    return [m.group(1) for m in _PLACEHOLDER.finditer(template)]
+
+
+def render_template(template: str, values: Mapping[str, str | None]) -> str | None:
+    """Fill ``{name}`` / ``{name|default}``; None when a placeholder without default has no value."""
+    missing = False
+
+    def sub(match: re.Match[str]) -> str:
+        nonlocal missing
+        value = values.get(match.group(1))
+        if value is None:
+            if match.group(2) is None:
+                missing = True
+                return ""
+            return match.group(2)
+        return value
+
+    text = _PLACEHOLDER.sub(sub, template)
+    return None if missing else text
+
+
+def env_var_name(key: str) -> str:
+    """xw-cli's rule for tuned parameters as variables: ``max_model_len``/``maxModelLen`` → ``MAX_MODEL_LEN``."""
+    out: list[str] = []
+    for i, ch in enumerate(key):
+        if ch == "-":
+            out.append("_")
+        elif ch.isupper():
+            if i > 0 and key[i - 1] not in "-_":
+                out.append("_")
+            out.append(ch)
+        else:
+            out.append(ch)
+    return "".join(out).upper()
+
+
+# ------------------------------------------------------------------------------------------ the format
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _arg_group(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+ArgGroup = Annotated[list[str], BeforeValidator(_arg_group)]
+
+
+class TunedParams(_Strict):
+    """How a recipe's tuned parameters (runtime_params.yaml ``key=value``) reach the engine.
+
+    Every tuned key is also a placeholder (``{max_model_len}``). Beyond that: keys in ``flags`` become
+    ``--key-with-dashes=value``, keys in ``split`` are shell-quoted argument lists appended as they are
+    (``extra_args``), and with ``env: rest`` every other key becomes a variable by xw-cli's rule
+    (``max_model_len`` → ``MAX_MODEL_LEN``) unless the device sandbox already sets it.
+    """
+
+    flags: list[str] = Field(default_factory=list)
+    split: list[str] = Field(default_factory=list)
+    env: Literal["rest", "none"] = "rest"
+    skip: list[str] = Field(default_factory=list, description="keys only used as placeholders")
+
+
+class RoleLaunch(_Strict):
+    """Reserved for multi-node contracts (leader/worker): a per-role command, args and env over the base."""
+
+    command: list[str] | None = None
+    args: list[ArgGroup] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class EngineDefinition(_Strict):
+    """One way of starting an engine (see docs/engines.md)."""
+
+    engine: str | None = Field(
+        None, description="the spec.engine.name this definition serves; default: its own key in engines:"
+    )
+    description: str = ""
+    images: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns; when set, the definition is chosen only for a matching image",
+    )
+    command: list[str] | None = Field(
+        None, description="an explicit command replacing the image's entrypoint; absent: the image's entrypoint"
+    )
+    args: list[ArgGroup] = Field(
+        default_factory=list,
+        description="argument templates; a list item is a group kept only when all its placeholders have values",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="variable templates; one whose placeholders have no value is left out"
+    )
+    tuned_params: TunedParams = Field(default_factory=TunedParams)
+    overridable: list[str] = Field(
+        default_factory=list,
+        description="placeholders a user argument --name=value (or --name value) sets instead of being passed on",
+    )
+    user_args: Literal["merge", "append"] = Field(
+        "merge",
+        description="merge: a user flag replaces the default flag of the same name; "
+        "append: user args follow as they are",
+    )
+    port: int = Field(CONTAINER_PORT, ge=1, le=65535)
+    health_path: str = Field(DEFAULT_HEALTH_PATH, pattern=r"^/")
+    ready_path: str = Field(DEFAULT_READY_PATH, pattern=r"^/")
+    ready_lists_model: bool = Field(True, description="the ready path is an OpenAI model list naming the model")
+    work_dir: str | None = Field(
+        None, pattern=r"^/", description="a writable per-instance scratch directory mounted at this path"
+    )
+    roles: dict[Literal["leader", "worker"], RoleLaunch] = Field(
+        default_factory=dict, description="reserved for multi-node launch contracts"
+    )
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> EngineDefinition:
+        # Tuned keys are open-ended; only builtin names are checked against typos in their own spelling.
+        for template in [*(self.command or []), *(a for g in self.args for a in g), *self.env.values()]:
+            for name in placeholders(template):
+                if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                    raise ValueError(f"placeholder {{{name}}} in {template!r}: use lower_snake_case names")
+        if self.work_dir is None and any(
+            "work_dir" in placeholders(t) for t in [*self.env.values(), *(a for g in self.args for a in g)]
+        ):
+            raise ValueError("{work_dir} is used but work_dir (its mount path) is not set")
+        return self
+
+    @field_validator("images")
+    @classmethod
+    def _patterns(cls, images: list[str]) -> list[str]:
+        if any(not p for p in images):
+            raise ValueError("image patterns must not be empty")
+        return images
+
+
+class EnginesFile(_Strict):
+    """``engines.yaml``: the shipped definitions (the same format as devices.yaml's ``engines:``)."""
+
+    version: str = "1"
+    engines: dict[str, EngineDefinition]
+
+
+def parse_engines(text: str, source: str) -> dict[str, EngineDefinition]:
+    try:
+        data = yaml.safe_load(text)
+        return EnginesFile.model_validate(data).engines
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: is not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc)}") from None
+
+
+def shipped_engines_path() -> Path:
+    return Path(__file__).with_name("data") / "engines.yaml"
+
+
+@cache
+def shipped_engines() -> dict[str, EngineDefinition]:
+    path = shipped_engines_path()
+    return parse_engines(path.read_text(encoding="utf-8"), str(path))
+
+
+# ----------------------------------------------------------------------------------- what comes out
 
 
 @dataclass(frozen=True)
@@ -21,6 +237,10 @@ class EngineContext:
     revision: str | None
     device_count: int
     user_args: tuple[str, ...]
+    tuned: tuple[tuple[str, str], ...] = ()  # runtime_params.yaml key=value pairs, in file order
+    sandbox_env: tuple[str, ...] = ()  # variables the device sandbox sets (tuned env never replaces them)
+    model_id: str | None = None
+    image: str = ""
 
 
 @dataclass(frozen=True)
@@ -28,12 +248,25 @@ class EngineCommand:
     command: tuple[str, ...] | None  # None: the image's entrypoint
     args: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    health_path: str = DEFAULT_HEALTH_PATH
+    ready_path: str = DEFAULT_READY_PATH
+    ready_lists_model: bool = True
+    port: int = CONTAINER_PORT
+    work_dir: str | None = None
+    definition: str = ""  # which definition produced it (shown by `xw render`, handy in bug reports)
 
 
 EngineBuilder = Callable[[EngineContext], EngineCommand]
+_CODE_ENGINES: dict[str, EngineBuilder] = {}
 
-# Short spellings vLLM accepts for flags we set by default.
-_VLLM_FLAG_ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size"}
+
+def register_engine(name: str, builder: EngineBuilder) -> EngineBuilder:
+    """A code engine for logic templates cannot express; any configured definition still wins."""
+    _CODE_ENGINES[name] = builder
+    return builder
+
+
+# --------------------------------------------------------------------------------------- flag helpers
 
 
 def flag_name(arg: str) -> str | None:
@@ -41,7 +274,7 @@ def flag_name(arg: str) -> str | None:
     if not arg.startswith("-") or arg == "-" or _is_number(arg):
         return None
     name = arg.split("=", 1)[0]
-    name = _VLLM_FLAG_ALIASES.get(name, name)
+    name = _FLAG_ALIASES.get(name, name)
     return "--" + name.lstrip("-").replace("_", "-") if name.startswith("--") else name
 
 
@@ -71,41 +304,140 @@ def merge_flags(defaults: Sequence[str], user: Sequence[str]) -> tuple[str, ...]
     return (*kept, *user)
 
 
-def vllm(ctx: EngineContext) -> EngineCommand:
-    defaults = [
-        "--served-model-name", ctx.served_model_name,
-        "--port", str(CONTAINER_PORT),
-        "--tensor-parallel-size", str(ctx.device_count),
-    ]  # fmt: skip
-    if ctx.revision:
-        defaults += ["--revision", ctx.revision]
+def take_overrides(user: Sequence[str], names: Sequence[str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Split user args into placeholder overrides (``--max-model-len=4096`` for ``max_model_len``) and the rest."""
+    wanted = {"--" + n.replace("_", "-"): n for n in names}
+    overrides: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(user):
+        arg = user[i]
+        name = flag_name(arg)
+        if name in wanted:
+            if "=" in arg:
+                overrides[wanted[name]] = arg.split("=", 1)[1]
+            elif i + 1 < len(user) and flag_name(user[i + 1]) is None:
+                overrides[wanted[name]] = user[i + 1]
+                i += 1
+            else:
+                raise ResolveError(f"spec.engine.args: {arg} needs a value")
+        else:
+            rest.append(arg)
+        i += 1
+    return overrides, tuple(rest)
+
+
+# ---------------------------------------------------------------------------------------- building
+
+
+def _values(defn: EngineDefinition, ctx: EngineContext) -> dict[str, str | None]:
+    tuned = dict(ctx.tuned)
+    overrides, _ = take_overrides(ctx.user_args, defn.overridable)
+    values: dict[str, str | None] = {k: v for k, v in tuned.items()}
+    tp = overrides.get("tensor_parallel_size") or str(ctx.device_count)
+    pp = overrides.get("pipeline_parallel_size") or "1"
+    values.update(
+        {
+            "model_path": ctx.model_path,
+            "model_id": ctx.model_id or ctx.served_model_name,
+            "served_name": ctx.served_model_name,
+            "revision": ctx.revision,
+            "device_count": str(ctx.device_count),
+            "tensor_parallel_size": tp,
+            "pipeline_parallel_size": pp,
+            "world_size": str(int(tp) * int(pp)) if tp.isdigit() and pp.isdigit() else tp,
+            "port": str(defn.port),
+            "work_dir": defn.work_dir,
+        }
+    )
+    values.update(overrides)
+    return values
+
+
+def build_from_definition(name: str, defn: EngineDefinition, ctx: EngineContext) -> EngineCommand:
+    values = _values(defn, ctx)
+    _, user = take_overrides(ctx.user_args, defn.overridable)
+    command = None
+    if defn.command is not None:
+        rendered = [render_template(c, values) for c in defn.command]
+        missing = [c for c, r in zip(defn.command, rendered, strict=True) if r is None]
+        if missing:
+            raise ResolveError(f"engine definition {name}: command part {missing[0]!r} has no value")
+        command = tuple(r for r in rendered if r is not None)
+    defaults: list[str] = []
+    for group in defn.args:
+        parts = [render_template(a, values) for a in group]
+        if all(p is not None for p in parts):
+            defaults.extend(p for p in parts if p is not None)
+    overrides, _ = take_overrides(ctx.user_args, defn.overridable)
+    # A user override of a tuned key replaces the recipe's value everywhere the key is used.
+    tuned = {**dict(ctx.tuned), **{k: v for k, v in overrides.items() if k not in BUILTIN_PLACEHOLDERS}}
+    env: dict[str, str] = {}
+    rules = defn.tuned_params
+    for key, value in tuned.items():
+        if key in rules.skip:
+            continue
+        if key in rules.split:
+            defaults.extend(shlex.split(value))
+        elif key in rules.flags:
+            defaults.append(f"--{key.replace('_', '-')}={value}")
+        elif rules.env == "rest" and (var := env_var_name(key)) not in ctx.sandbox_env:
+            env[var] = value
+    for var, template in defn.env.items():
+        text = render_template(template, values)
+        if text is not None:
+            env[var] = text
+    args = merge_flags(defaults, user) if defn.user_args == "merge" else (*defaults, *user)
     return EngineCommand(
-        command=("vllm", "serve", ctx.model_path),
-        args=merge_flags(defaults, ctx.user_args),
+        command=command,
+        args=args,
+        env=env,
+        health_path=defn.health_path,
+        ready_path=defn.ready_path,
+        ready_lists_model=defn.ready_lists_model,
+        port=defn.port,
+        work_dir=defn.work_dir,
+        definition=name,
     )
 
 
-def mindie(ctx: EngineContext) -> EngineCommand:
-    """MindIE images read their settings from the environment (the seed's contract with them)."""
-    return EngineCommand(
-        command=None,
-        args=ctx.user_args,
-        env={
-            "MODEL_PATH": ctx.model_path,
-            "MODEL_NAME": ctx.served_model_name,
-            "SERVER_PORT": str(CONTAINER_PORT),
-            "WORLD_SIZE": str(ctx.device_count),
-            "TENSOR_PARALLEL": str(ctx.device_count),
-        },
+def definitions_for(
+    engine: str, configured: Mapping[str, EngineDefinition] | None = None
+) -> list[tuple[str, EngineDefinition]]:
+    """Definitions serving ``engine``: configured ones first, then shipped ones not overridden by key."""
+    merged: dict[str, EngineDefinition] = dict(configured or {})
+    for key, defn in shipped_engines().items():
+        merged.setdefault(key, defn)
+    return [(k, d) for k, d in merged.items() if (d.engine or k) == engine]
+
+
+def known_engines(configured: Mapping[str, EngineDefinition] | None = None) -> list[str]:
+    names = {d.engine or k for k, d in {**shipped_engines(), **(configured or {})}.items()}
+    return sorted(names | set(_CODE_ENGINES))
+
+
+def select_definition(
+    engine: str, image: str, configured: Mapping[str, EngineDefinition] | None = None
+) -> tuple[str, EngineDefinition] | None:
+    """An image-matching definition, else the engine's definition without image patterns, else None."""
+    candidates = definitions_for(engine, configured)
+    for key, defn in candidates:
+        if defn.images and any(fnmatchcase(image, p) for p in defn.images):
+            return key, defn
+    return next(((k, d) for k, d in candidates if not d.images), None)
+
+
+def build_command(
+    engine: str, ctx: EngineContext, configured: Mapping[str, EngineDefinition] | None = None
+) -> EngineCommand:
+    """Config > code > error: the definition for this engine and image, else a code engine."""
+    chosen = select_definition(engine, ctx.image, configured)
+    if chosen is not None:
+        return build_from_definition(chosen[0], chosen[1], ctx)
+    coded = _CODE_ENGINES.get(engine)
+    if coded is not None:
+        return coded(ctx)
+    raise ResolveError(
+        f"engine {engine!r} has no definition (devices.yaml engines:, the shipped engines.yaml or code); "
+        f"known engines: {', '.join(known_engines(configured))}"
     )
-
-
-def generic(ctx: EngineContext) -> EngineCommand:
-    return EngineCommand(command=None, args=ctx.user_args)
-
-
-ENGINE_BUILDERS: dict[str, EngineBuilder] = {"vllm": vllm, "mindie": mindie}
-
-
-def build_command(engine: str, ctx: EngineContext) -> EngineCommand:
-    return ENGINE_BUILDERS.get(engine, generic)(ctx)

@@ -44,6 +44,7 @@ CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 MAX_DEVICES = 1024
 
 # Messages shared by the Python validators and the CRD's CEL rules, so both paths say the same thing.
+MSG_SOURCE_OR_CATALOG = "set model.source (hostPath, pvc or huggingFace) or model.catalog (a models.yaml id)"
 MSG_ONE_SOURCE = "exactly one of hostPath, pvc, huggingFace must be set"
 MSG_INDICES_COUNT = "indices must have exactly count entries"
 MSG_NO_BACKTRACK = "must not contain a '..' path element"
@@ -178,15 +179,38 @@ class ModelSource(ApiModel):
 
 
 class ModelSpec(ApiModel):
-    """The model to serve: its public name and where its weights are."""
+    """The model to serve: its public name and where its weights are (or a catalog model that says both)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [_cel("has(self.source) || has(self.catalog)", MSG_SOURCE_OR_CATALOG)]
+        }
+    )
 
     name: str | None = Field(
         None,
         min_length=1,
         max_length=256,
-        description="Name clients ask for (vLLM's served model name). Default: metadata.name.",
+        description="Name clients ask for (vLLM's served model name). Default: the catalog model id, else "
+        "metadata.name.",
     )
-    source: ModelSource = Field(description="Where the model weights come from; exactly one kind.")
+    catalog: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="A model id of the catalog (models.yaml, e.g. qwen3-8b): its source, engine, device count and "
+        "tuned parameters for the chip (runtime_params.yaml) fill in whatever this spec does not set.",
+    )
+    source: ModelSource | None = Field(
+        None, description="Where the model weights come from; exactly one kind. Optional with catalog."
+    )
+
+    @model_validator(mode="after")
+    def _source_or_catalog(self) -> ModelSpec:
+        if self.source is None and self.catalog is None:
+            raise ValueError(MSG_SOURCE_OR_CATALOG)
+        return self
 
 
 class EnvVar(ApiModel):
@@ -492,7 +516,7 @@ class ModelInstance(BaseModel):
 
     @property
     def served_model_name(self) -> str:
-        return self.spec.model.name or self.metadata.name
+        return self.spec.model.name or self.spec.model.catalog or self.metadata.name
 
 
 def parse_instance(doc: Any, source: str = "manifest") -> ModelInstance:

@@ -23,11 +23,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from xw_operator.catalog import expand
 from xw_operator.devices import ARCHES, ChipModel, DevicesConfig, KubernetesProfile, VolumeSpec
-from xw_operator.engines import CONTAINER_PORT, MODEL_MOUNT_PATH, EngineContext, build_command
+from xw_operator.engines import (
+    CONTAINER_PORT,
+    DEFAULT_HEALTH_PATH,
+    DEFAULT_READY_PATH,
+    MODEL_MOUNT_PATH,
+    EngineContext,
+    build_command,
+)
 from xw_operator.errors import ImageNotAvailable, PolicyRefused, ResolveError
 from xw_operator.instance import ModelInstance
 from xw_operator.policy import Backend, check_image, check_placement, host_path_refusal
+from xw_operator.recipes import RecipeChoice
 from xw_operator.sandbox import DeviceNode, DeviceSandbox, SandboxRegistry, select_sandbox
 from xw_operator.topology import best_indices
 
@@ -86,6 +95,14 @@ class Resolved:
     device_visibility_env: tuple[str, ...] = ()
     # devices.yaml policy.writable_host_mounts: how Kubernetes keeps writable host mounts per namespace.
     writable_host_mounts: str = "per-namespace"
+    # From the engine definition (configs/engines.yaml or devices.yaml engines:): what the probes and the
+    # Docker readiness wait ask, and a writable per-instance work directory when the engine needs one.
+    health_path: str = DEFAULT_HEALTH_PATH
+    ready_path: str = DEFAULT_READY_PATH
+    ready_lists_model: bool = True
+    work_dir: str | None = None
+    engine_definition: str = ""
+    recipe: str | None = None  # the runtime_params.yaml template applied (a catalog model), if any
 
     @property
     def model_source(self) -> SourceKind:
@@ -170,7 +187,10 @@ def resolve(
     to it); an explicit ``arch`` (Docker mode: the host's own CPU) must have an image. ``backend``
     selects the administrator's policy that applies (xw_operator.policy: a hostPath model source is
     judged differently on a shared cluster and on one's own Docker host; placement only on Kubernetes).
+    An instance naming a catalog model (``spec.model.catalog``) is first completed from its recipe
+    (:func:`catalog.expand`).
     """
+    instance, recipe = expand(instance, config)
     spec = instance.spec
     chip_key, engine, count = spec.devices.chip, spec.engine.name, spec.devices.count
     source = _model_source(instance)
@@ -180,7 +200,7 @@ def resolve(
     requested = tuple(spec.devices.indices) if spec.devices.indices is not None else None
     check_devices(chip_key, count, capacity, requested)
 
-    image, chosen_arch = _image(instance, config, sandbox, arch)
+    image, chosen_arch = _image(instance, config, sandbox, arch, recipe)
     if spec.engine.image:
         check_image(
             spec.engine.image,
@@ -198,8 +218,16 @@ def resolve(
             revision=source.hf_revision,
             device_count=count,
             user_args=tuple(spec.engine.args),
+            tuned=recipe.tuned if recipe else (),
+            sandbox_env=tuple(sandbox.environment(())),
+            model_id=spec.model.catalog,
+            image=image,
         ),
+        config.engines,
     )
+    # The recipe's `envs` sit with the engine's variables but, like tuned ones, never replace the sandbox's.
+    sandbox_env = sandbox.environment(())
+    recipe_env = {k: v for k, v in (recipe.envs if recipe else {}).items() if k not in sandbox_env}
     kube = sandbox.kubernetes()
     owned = tuple(
         dict.fromkeys([*([sandbox.device_env] if sandbox.device_env else []), *(kube.plugin_env if kube else [])])
@@ -214,7 +242,7 @@ def resolve(
         image=image,
         command=engine_cmd.command,
         args=engine_cmd.args,
-        env=tuple(_environment(instance, sandbox, engine_cmd.env, owned).items()),
+        env=tuple(_environment(instance, sandbox, {**recipe_env, **engine_cmd.env}, owned).items()),
         device_count=count,
         volumes=tuple(sandbox.additional_mounts()),
         privileged=sandbox.privileged(),
@@ -224,11 +252,18 @@ def resolve(
         served_model_name=instance.served_model_name,
         model=source,
         model_path=model_path,
+        container_port=engine_cmd.port,
         port=spec.port,
         requested_host_port=spec.port if "port" in spec.model_fields_set else None,
         kubernetes=kube,
         device_visibility_env=owned,
         writable_host_mounts=config.policy.writable_host_mounts,
+        health_path=engine_cmd.health_path,
+        ready_path=engine_cmd.ready_path,
+        ready_lists_model=engine_cmd.ready_lists_model,
+        work_dir=engine_cmd.work_dir,
+        engine_definition=engine_cmd.definition,
+        recipe=recipe.template if recipe else None,
         device_capacity=capacity,
         requested_indices=requested,
         sandbox=sandbox,
@@ -239,9 +274,10 @@ def resolve(
 def _check_policy(instance: ModelInstance, config: DevicesConfig, sandbox: DeviceSandbox, backend: Backend) -> None:
     """The administrator's policy (xw_operator.policy): host paths on both backends, placement on Kubernetes."""
     spec, policy = instance.spec, config.policy
-    if spec.model.source.host_path:
+    host_path = spec.model.source.host_path if spec.model.source is not None else None
+    if host_path:
         refusal = host_path_refusal(
-            spec.model.source.host_path,
+            host_path,
             allow=policy.allow_model_host_path,
             prefixes=policy.model_host_path_prefixes,
             backend=backend,
@@ -265,6 +301,8 @@ def _configured_images(config: DevicesConfig, sandbox: DeviceSandbox, chip_key: 
 
 def _model_source(instance: ModelInstance) -> ModelSource:
     source = instance.spec.model.source
+    if source is None:  # catalog.expand() fills it for catalog models; the API model requires one otherwise
+        raise ResolveError("spec.model: set source or catalog")
     if source.pvc is not None:
         return ModelSource("pvc", pvc_claim=source.pvc.claim_name, pvc_sub_path=source.pvc.sub_path)
     hf = source.hugging_face
@@ -279,6 +317,7 @@ def _image(
     config: DevicesConfig,
     sandbox: DeviceSandbox,
     arch: str | None,
+    recipe: RecipeChoice | None = None,
 ) -> tuple[str, str]:
     chip_key, engine = instance.spec.devices.chip, instance.spec.engine.name
     if arch is not None and arch not in ARCHES:
@@ -294,7 +333,8 @@ def _image(
     supported = [a for a in ARCHES if configured(a)]
     # Without an explicit arch: the first architecture the chip has an image for.
     chosen = arch or (supported[0] if supported else None)
-    override = instance.spec.engine.image
+    # spec.engine.image > the recipe's image= (xw-cli's order) > devices.yaml's runtime_images.
+    override = instance.spec.engine.image or (recipe.image if recipe else None)
     if override:
         return override, chosen or ARCHES[0]
     image = configured(chosen) if chosen else None

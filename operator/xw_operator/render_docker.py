@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from xw_operator.errors import XwError
+from xw_operator.mounts import volume_read_only
 from xw_operator.plan import Plan, Resolved
 
 LABEL_RUNTIME = "xw.runtime"
@@ -20,6 +21,9 @@ LABEL_DEVICE_INDICES = "xw.device_indices"
 LABEL_SERVER_NAME = "xw.server_name"
 LABEL_CHIP = "xw.chip"  # ours: indices are per chip type, so the type must be on the container too
 LABEL_HOST_PORT = "xw.host_port"  # ours: the reserved port, readable without inspecting bindings
+# Ours: what readiness asks, from the engine definition ("" ready path: the health path alone decides).
+LABEL_HEALTH_PATH = "xw.health_path"
+LABEL_READY_PATH = "xw.ready_path"
 DEPLOYMENT_MODE = "docker"
 LOOPBACK = "127.0.0.1"
 
@@ -39,6 +43,8 @@ def docker_labels(plan: Plan, *, server_name: str, host_port: int | None) -> dic
         LABEL_DEVICE_INDICES: ",".join(str(i) for i in plan.device_indices),
         LABEL_SERVER_NAME: server_name,
         LABEL_CHIP: plan.chip,
+        LABEL_HEALTH_PATH: plan.health_path,
+        LABEL_READY_PATH: plan.ready_path if plan.ready_lists_model else "",
     }
     if host_port is not None:
         labels[LABEL_HOST_PORT] = str(host_port)
@@ -62,17 +68,30 @@ def docker_model_volume(plan: Resolved) -> str | None:
     return None
 
 
-def render_docker(plan: Plan, *, server_name: str, host_port: int | None) -> dict[str, Any]:
+def docker_volumes(plan: Plan, work_host_dir: str | None = None) -> list[str]:
+    """Bind mounts: the model read-only, the engine's work directory, then the sandbox volumes, each
+    read-only unless its devices.yaml entry says ``:rw`` or it is a cache (:func:`volume_read_only`, the
+    rule the Kubernetes renderer shares)."""
+    volumes = [f"{v.host}:{v.container}:{'ro' if volume_read_only(v) else 'rw'}" for v in plan.volumes]
+    if plan.work_dir and work_host_dir:
+        volumes.insert(0, f"{work_host_dir}:{plan.work_dir}:rw")
+    model_volume = docker_model_volume(plan)
+    if model_volume:
+        volumes.insert(0, model_volume)
+    return volumes
+
+
+def render_docker(
+    plan: Plan, *, server_name: str, host_port: int | None, work_host_dir: str | None = None
+) -> dict[str, Any]:
     """Keyword arguments for ``docker.containers.create``, ready to pass to the SDK as they are.
 
     ``host_port`` is what ``xw run`` allocated. ``None`` (``xw render`` of an instance without
     ``spec.port``) renders the port as ``null`` and no ``xw.host_port`` label: run picks a free port from
-    XW_PORT_RANGE at that moment, which a render cannot know.
+    XW_PORT_RANGE at that moment, which a render cannot know. ``work_host_dir`` backs the engine
+    definition's writable ``work_dir`` (the runtime creates it).
     """
-    volumes = [str(v) for v in plan.volumes]
-    model_volume = docker_model_volume(plan)
-    if model_volume:
-        volumes.insert(0, model_volume)
+    volumes = docker_volumes(plan, work_host_dir)
     params: dict[str, Any] = {
         "name": container_name(plan.name, server_name),
         "image": plan.image,

@@ -30,6 +30,7 @@ from xw_operator.errors import ResolveError
 from xw_operator.hardening import container_security_context, pod_security_fields, writable_mount_source
 from xw_operator.instance import API_VERSION, KIND, ModelInstance
 from xw_operator.labels import HOST_DEVICES_KEY, instance_labels, selector_labels
+from xw_operator.mounts import volume_read_only
 from xw_operator.plan import Plan
 
 ENGINE_CONTAINER = "engine"
@@ -232,18 +233,19 @@ def _http_probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
 
 
 def _probes(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
-    """Startup with a long budget (model loading), then liveness on /health.
+    """Startup with a long budget (model loading), then liveness on the health path.
 
-    Readiness asks vLLM for /v1/models, which lists the model only once it is served (its /health can
-    answer earlier); with an API key that route needs a token the kubelet doesn't have, so /health then.
+    Paths come from the engine definition. Readiness asks the ready path (vLLM's /v1/models lists the
+    model only once it is served; its /health can answer earlier); with an API key that route needs a
+    token the kubelet doesn't have, so the health path then.
     """
     budget = instance.spec.probes.startup_timeout_seconds
-    ready_path = MODELS_PATH if plan.engine == "vllm" and instance.spec.api_key_secret_ref is None else HEALTH_PATH
+    ready_path = plan.ready_path if instance.spec.api_key_secret_ref is None else plan.health_path
     return {
         "startupProbe": _http_probe(
-            HEALTH_PATH, period=STARTUP_PERIOD_SECONDS, failures=math.ceil(budget / STARTUP_PERIOD_SECONDS)
+            plan.health_path, period=STARTUP_PERIOD_SECONDS, failures=math.ceil(budget / STARTUP_PERIOD_SECONDS)
         ),
-        "livenessProbe": _http_probe(HEALTH_PATH, period=20, failures=3),
+        "livenessProbe": _http_probe(plan.health_path, period=20, failures=3),
         "readinessProbe": _http_probe(ready_path, period=10, failures=3),
     }
 
@@ -294,11 +296,6 @@ def _slug(path: str) -> str:
     return _SLUG.sub("-", path.lower()).strip("-") or "root"
 
 
-def _is_cache(path: str) -> bool:
-    """Cache directories stay writable (the engine fills them); every other driver mount is read-only."""
-    return any(part == ".cache" or part.endswith("cache") for part in path.split("/"))
-
-
 def _covers(parent: str, path: str) -> bool:
     parent = parent.rstrip("/")
     return path == parent or path.startswith(parent + "/")
@@ -342,7 +339,7 @@ def _volumes(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         add("model", claim, plan.model_path, True, **extra)
     add("shm", {"emptyDir": {"medium": "Memory", "sizeLimit": _quantity(plan.shm_bytes)}}, SHM_PATH, False)
     for volume in plan.volumes:
-        read_only = volume.read_only or not _is_cache(volume.container)
+        read_only = volume_read_only(volume)  # the rule Docker mode shares (xw_operator.mounts)
         host = {"hostPath": {"path": volume.host, "type": ""}}
         add(
             f"host-{_slug(volume.container)}",
@@ -352,6 +349,8 @@ def _volumes(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         )
     if source.kind == "huggingFace" and not any(_covers(v.container, HF_CACHE_PATH) for v in plan.volumes):
         add("hf-cache", {"emptyDir": {}}, HF_CACHE_PATH, False)
+    if plan.work_dir:  # the engine's writable work copy (e.g. MLGuider's converted weights)
+        add("work", {"emptyDir": {}}, plan.work_dir, False)
     if not device_plugin_mode(plan):
         for node in plan.device_nodes:
             # Indexed nodes are character devices; unindexed entries may be directories (/dev/dri).

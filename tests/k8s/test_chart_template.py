@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from xw_operator.devices import parse_devices_config
+from xw_operator.recipes import parse_recipes
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "xw-operator"
@@ -249,6 +250,18 @@ def test_configmap_defaults_to_the_shipped_devices_yaml(helm: str) -> None:
     shipped = (REPO / "configs" / "devices.yaml").read_text()
     assert text.rstrip("\n") == shipped.rstrip("\n")
     assert parse_devices_config(text).chip_keys == parse_devices_config(shipped).chip_keys
+
+
+def test_configmap_carries_the_model_recipes(helm: str, tmp_path: Path) -> None:
+    """models.yaml and runtime_params.yaml (xw-cli's format) sit beside devices.yaml in the ConfigMap."""
+    data = one(render(helm), "ConfigMap")["data"]
+    for key in ("models.yaml", "runtime_params.yaml"):
+        assert data[key].rstrip("\n") == (REPO / "configs" / key).read_text().rstrip("\n")
+    recipes = parse_recipes(data["models.yaml"], data["runtime_params.yaml"])
+    assert recipes.model("qwen3-8b") is not None
+    older = REPO / "tests" / "fixtures" / "xw-cli" / "0.0.1" / "models.yaml"
+    data = one(render(helm, "--set-file", f"modelsConfig={older}"), "ConfigMap")["data"]
+    assert data["models.yaml"].rstrip("\n") == older.read_text().rstrip("\n")
 
 
 def test_crd_is_the_repository_crd_plus_keep_policy(helm: str) -> None:

@@ -78,6 +78,8 @@ def test_docker_ascend_910b_x4(tmp_path: Path) -> None:
         "xw.device_indices": "0,1,2,3",
         "xw.server_name": "render",
         "xw.chip": "ascend-910b",
+        "xw.health_path": "/health",
+        "xw.ready_path": "/v1/models",
     }
 
 
@@ -102,7 +104,16 @@ def test_docker_metax_x1(tmp_path: Path) -> None:
         "/dev/mxcd:/dev/mxcd:rwm",
         "/dev/infiniband:/dev/infiniband:rwm",
     ]
-    assert params["environment"] == {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", "CUDA_VISIBLE_DEVICES": "0"}
+    # An xw-cli vLLM image: its entrypoint reads the contract variables (engine definition vllm-xw).
+    assert params["environment"] == {
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "MODEL_PATH": "/mnt/model",
+        "MODEL_NAME": "m1",
+        "TENSOR_PARALLEL": "1",
+        "WORLD_SIZE": "1",
+    }
+    assert "entrypoint" not in params or params["entrypoint"] is None
 
 
 def test_docker_nvidia_x2(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,12 @@ def test_none_image_is_no_image(seed_config: DevicesConfig) -> None:
     assert chip.chip.image_for("vllm", "arm64") == "example.org/vllm-ascend:arm64"
 
 
-def test_ro_volume_is_read_only_and_plain_is_read_write(seed_config: DevicesConfig) -> None:
+def test_volume_mode_is_kept_as_written(seed_config: DevicesConfig) -> None:
     ref = seed_config.find_chip("ascend-910b")
     assert ref is not None and ref.chip.ext_sandboxes is not None
     vols = {v.container: v.read_only for v in ref.chip.ext_sandboxes.volumes}
     assert vols["/usr/local/Ascend/driver/lib64/"] is True
-    assert vols["/usr/local/dcmi"] is False
+    assert vols["/usr/local/dcmi"] is None  # no mode: xw_operator.mounts decides (read-only, not a cache)
 
 
 @pytest.mark.parametrize(
@@ -78,8 +79,8 @@ def test_ro_volume_is_read_only_and_plain_is_read_write(seed_config: DevicesConf
     [
         ("/a:/b:ro", VolumeSpec("/a", "/b", True)),
         ("/a:/b:rw", VolumeSpec("/a", "/b", False)),
-        ("/a:/b", VolumeSpec("/a", "/b", False)),
-        ("/a", VolumeSpec("/a", "/a", False)),
+        ("/a:/b", VolumeSpec("/a", "/b", None)),
+        ("/a", VolumeSpec("/a", "/a", None)),
     ],
 )
 def test_volume_notation(text: str, expected: VolumeSpec) -> None:
@@ -173,10 +174,22 @@ def test_duplicate_variant_key_is_an_error() -> None:
     assert "'ascend-910b4' is already defined" in reject(data)
 
 
-def test_unquoted_hex_id_is_explained() -> None:
+def test_decimal_id_is_explained() -> None:
     data = seed_dict()
     data["vendors"][0]["vendor_id"] = 6629
-    assert 'vendors[0].vendor_id: expected a quoted hex id such as "0x19e5"' in reject(data)
+    assert 'vendors[0].vendor_id: expected a hex id such as "0x19e5", got 6629' in reject(data)
+
+
+def test_unquoted_hex_ids_and_missing_variant_name_load_like_xw_cli() -> None:
+    """xw-cli accepts ``device_id: 0xD802`` (an int to YAML) and variants without a display name."""
+    text = yaml.safe_dump(seed_dict(), sort_keys=False)
+    text = re.sub(r"device_id: '(0x[0-9a-f]+)'", lambda m: f"device_id: {m.group(1).upper().replace('X', 'x')}", text)
+    text = re.sub(r"\n\s*variant_name: [^\n]+", "", text)
+    assert "device_id: 0xD802" in text and "variant_name" not in text
+    config = parse_devices_config(text)
+    chip = config.vendors[0].chip_models[0]
+    assert chip.device_id == "0xd802"
+    assert chip.variants and all(v.variant_name is None for v in chip.variants)
 
 
 def test_chip_in_two_boxes_is_an_error() -> None:
@@ -216,4 +229,4 @@ def test_shipped_profiles_load(shipped_config: DevicesConfig) -> None:
 
 def test_dumped_config_validates_again(shipped_config: DevicesConfig) -> None:
     again = DevicesConfig.model_validate(shipped_config.model_dump())
-    assert again == shipped_config
+    assert again.with_recipes(shipped_config.recipes) == shipped_config

@@ -93,3 +93,31 @@ def test_removed_and_added_chips_count_as_changed(devices_file: Path) -> None:
 def test_configmap_reference_must_be_namespace_slash_name(ref: str) -> None:
     with pytest.raises(ConfigError):
         parse_configmap_reference(ref)
+
+
+RECIPES = packaged_devices_config_path().parent
+
+
+def test_recipe_files_beside_the_file_are_loaded_and_reloaded(devices_file: Path) -> None:
+    for name in ("models.yaml", "runtime_params.yaml"):
+        (devices_file.parent / name).write_text((RECIPES / name).read_text(encoding="utf-8"), encoding="utf-8")
+    store = ConfigStore(FileSource(devices_file))
+    assert store.current.recipes.model("qwen3-8b") is not None
+    models = devices_file.parent / "models.yaml"
+    models.write_text(models.read_text(encoding="utf-8").replace("model_id: qwen3-8b", "model_id: qwen3-8b-x"))
+    change = store.poll()
+    assert isinstance(change, Change)
+    assert change.chips == set(store.current.chip_keys)  # recipes apply across chips: every instance re-renders
+    assert store.current.recipes.model("qwen3-8b-x") is not None
+    models.write_text("version: '1'\nmodels: []\n")
+    refused = store.poll()
+    assert isinstance(refused, ConfigError) and "models.yaml: models: List should have at least 1 item" in str(refused)
+    assert store.current.recipes.model("qwen3-8b-x") is not None  # the last good version stays
+
+
+def test_engine_definitions_change_every_chip(devices_file: Path) -> None:
+    store = ConfigStore(FileSource(devices_file))
+    devices_file.write_text(SHIPPED + "engines:\n  vllm:\n    command: [my-vllm]\n", encoding="utf-8")
+    change = store.poll()
+    assert isinstance(change, Change) and change.chips == set(store.current.chip_keys)
+    assert store.current.engines["vllm"].command == ["my-vllm"]

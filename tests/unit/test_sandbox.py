@@ -34,10 +34,10 @@ def test_device_nodes_keep_rwm_permissions(seed_config: DevicesConfig) -> None:
 def test_merge_appends_engine_volumes_to_common(seed_config: DevicesConfig) -> None:
     mounts = [str(v) for v in sandbox(seed_config, "ascend-910b", "mindie").additional_mounts()]
     assert mounts == [
-        "/usr/local/dcmi:/usr/local/dcmi:rw",
+        "/usr/local/dcmi:/usr/local/dcmi",
         "/usr/local/Ascend/driver/lib64/:/usr/local/Ascend/driver/lib64/:ro",
-        "/root/.cache:/root/.cache:rw",
-        "/var/log/mindie:/var/log/mindie:rw",
+        "/root/.cache:/root/.cache",
+        "/var/log/mindie:/var/log/mindie",
     ]
 
 

@@ -8,19 +8,28 @@
 #   ok         /health -> 200, /v1/models lists the name
 #   unhealthy  /v1/models lists the name, /health -> 404 (never healthy)
 #   exits      prints a message and exits 3 after ~1 s
-# Before serving it prints its args, env and visible /dev entries so `docker logs` shows what it got.
+# Before serving it prints its args, env and visible /dev entries so `docker logs` shows what it got, and
+# serves exactly what it received at GET /xw-test/argv (its name then one argument per line) and
+# GET /xw-test/env (the environment it started with, one VAR=value per line, sorted) for the
+# engine-contract tests. Env-driven images (MindIE, omni-infer, MLGuider, xw-cli's vLLM) are imitated too:
+# the served name falls back to MODEL_NAME, the port to SERVER_PORT / API_PORT.
+received_env="$(env | sort)"
+argv0="$0"
 export PATH=/bin
 mode="${XW_TEST_MODE:-ok}"
 echo "xw-test-engine mode=$mode"
 echo "args: $*"
 echo "env:"
-env | sort | sed 's/^/  /'
+echo "$received_env" | sed 's/^/  /'
 echo "dev: $(ls /dev | tr '\n' ' ')"
+mkdir -p /tmp/www/xw-test
+echo "$received_env" >/tmp/www/xw-test/env
+{ echo "$argv0"; for a in "$@"; do echo "$a"; done; } >/tmp/www/xw-test/argv
 
-name="${XW_TEST_MODEL_NAME:-}"
+name="${XW_TEST_MODEL_NAME:-${MODEL_NAME:-}}"
 cli_name=""
 model_path=""
-port=8000
+port="${SERVER_PORT:-${API_PORT:-8000}}"
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --served-model-name) cli_name="$2"; shift 2 ;;

@@ -7,7 +7,9 @@ failures (:class:`RuntimeFailure`, Docker errors). Progress goes to stderr; resu
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -17,7 +19,8 @@ from xw_operator.cli_support import (
     handle_errors,
     load_config,
 )
-from xw_operator.instance import ModelInstance, load_instances
+from xw_operator.errors import XwError
+from xw_operator.instance import ModelInstance, load_instances, parse_instance
 
 from .allocation import used_indices
 from .status import Status
@@ -29,7 +32,52 @@ if TYPE_CHECKING:  # the Docker SDK (requests) is imported only by commands that
 def _runtime(devices_config: str | None) -> DockerRuntime:
     from .runtime import DockerRuntime
 
-    return DockerRuntime(load_config(devices_config), out=lambda line: click.echo(line, err=True))
+    return DockerRuntime(
+        load_config(devices_config), out=lambda line: click.echo(line, err=True), progress_stream=sys.stderr
+    )
+
+
+def _instance_name(model_id: str) -> str:
+    """A DNS-1035 label from a catalog id (``qwen2.5-7b-instruct`` → ``qwen2-5-7b-instruct``)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", model_id.lower()).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"m-{name}"
+    return name[:63].rstrip("-")
+
+
+def catalog_instance(
+    model: str,
+    *,
+    chip: str,
+    engine: str | None,
+    devices: int | None,
+    name: str | None,
+    port: int | None,
+    model_path: str | None,
+    image: str | None,
+    args: tuple[str, ...] = (),
+) -> ModelInstance:
+    """The ModelInstance ``xw run MODEL --chip CHIP`` means: a catalog model, the rest from its recipe."""
+    spec: dict[str, Any] = {"model": {"catalog": model}, "devices": {"chip": chip}}
+    if model_path:
+        spec["model"]["source"] = {"hostPath": str(Path(model_path).resolve())}
+    if engine:
+        spec["engine"] = {"name": engine}
+    if image:
+        spec.setdefault("engine", {})["image"] = image
+    if args:
+        spec.setdefault("engine", {})["args"] = list(args)
+    if devices is not None:
+        spec["devices"]["count"] = devices
+    if port is not None:
+        spec["port"] = port
+    doc = {
+        "apiVersion": "xw.dev/v1alpha1",
+        "kind": "ModelInstance",
+        "metadata": {"name": name or _instance_name(model)},
+        "spec": spec,
+    }
+    return parse_instance(doc, source=f"xw run {model}")
 
 
 def _load(filename: str) -> list[ModelInstance]:
@@ -47,14 +95,65 @@ filename_option = click.option(
 
 
 @click.command()
-@filename_option
+@click.argument("model", required=False)
+@click.option("-f", "--filename", "filename", type=click.Path(dir_okay=False), help="ModelInstance YAML.")
+@click.option("--chip", help="MODEL: the chip (config_key or variant_key of devices.yaml).")
+@click.option("--engine", help="MODEL: the engine (default: the first the recipe supports on the chip).")
+@click.option("--devices", "device_count", type=click.IntRange(1, 64), help="MODEL: device count (default: recipe).")
+@click.option("--name", help="MODEL: instance name (default: derived from the model id).")
+@click.option("--port", type=click.IntRange(1, 65535), help="MODEL: host port on 127.0.0.1 (default: a free one).")
+@click.option("--model-path", type=click.Path(file_okay=False), help="MODEL: local weights (default: the hub).")
+@click.option("--image", help="MODEL: override the image.")
+@click.option("--arg", "engine_args", multiple=True, help="MODEL: an extra engine argument (repeatable).")
 @click.option("--no-wait", is_flag=True, help="Return once the container has started.")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for readiness.")
 @devices_config_option
 @handle_errors
-def run(filename: str, no_wait: bool, timeout: float, devices_config: str | None) -> None:
-    """Create, start and wait until every ModelInstance in FILE is ready (Docker mode)."""
-    instances = _load(filename)
+def run(
+    model: str | None,
+    filename: str | None,
+    chip: str | None,
+    engine: str | None,
+    device_count: int | None,
+    name: str | None,
+    port: int | None,
+    model_path: str | None,
+    image: str | None,
+    engine_args: tuple[str, ...],
+    no_wait: bool,
+    timeout: float,
+    devices_config: str | None,
+) -> None:
+    """Create, start and wait until ready (Docker mode): catalog MODEL on --chip, or every ModelInstance in FILE.
+
+    \b
+    xw run qwen3-8b --chip ascend-910b [--engine vllm] [--devices 2]
+    xw run -f instance.yaml
+    """
+    if (model is None) == (filename is None):
+        raise XwError("give a catalog MODEL (see `xw models`) or -f FILE, not both")
+    if model is not None:
+        if not chip:
+            raise XwError(f"xw run {model}: --chip is required (e.g. --chip ascend-910b; `xw models` lists them)")
+        instances = [
+            catalog_instance(
+                model,
+                chip=chip,
+                engine=engine,
+                devices=device_count,
+                name=name,
+                port=port,
+                model_path=model_path,
+                image=image,
+                args=engine_args,
+            )
+        ]
+    else:
+        given = [o for o, v in (("--chip", chip), ("--engine", engine), ("--devices", device_count)) if v]
+        if given:
+            raise XwError(f"{', '.join(given)} apply to xw run MODEL; with -f the file says it")
+        assert filename is not None
+        instances = _load(filename)
     rt = _runtime(devices_config)
     for instance in instances:
         info, status = rt.run(instance, wait=not no_wait, timeout=timeout)
@@ -112,6 +211,7 @@ def rm(name: str, force: bool, devices_config: str | None) -> None:
 def _row(info: InstanceInfo, status: Status) -> dict[str, Any]:
     return {
         "name": info.name,
+        "owner": info.owner,
         "state": status.state,
         "exit_code": status.exit_code,
         "detail": status.detail,
@@ -138,9 +238,10 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
 @devices_config_option
 @handle_errors
 def ps(output: str, devices_config: str | None) -> None:
-    """List this host's instances with their state (probed now: ready needs /health and /v1/models)."""
+    """List this host's instances with their state (probed now: ready needs the engine's health and ready
+    paths), and the containers xw-cli runs on this host (OWNER xw-cli; xw never changes them unasked)."""
     rt = _runtime(devices_config)
-    rows = [_row(info, rt.status(info)) for info in rt.list_instances()]
+    rows = [_row(info, rt.status(info)) for info in rt.list_instances(include_xw_cli=True)]
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -155,6 +256,7 @@ def ps(output: str, devices_config: str | None) -> None:
                 ("STATE", "state"),
                 ("CHIP", "chip"),
                 ("DEVICES", "devices"),
+                ("OWNER", "owner"),
                 ("ENDPOINT", "endpoint"),
                 ("MODEL", "model"),
                 ("DETAIL", "detail"),
@@ -216,4 +318,61 @@ def devices(output: str, devices_config: str | None) -> None:
     )
 
 
-COMMANDS = [run, create, start, stop, rm, ps, logs, devices]
+@click.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Also models that run on no chip of this host.")
+@devices_config_option
+@handle_errors
+def models(output: str, show_all: bool, devices_config: str | None) -> None:
+    """The model catalog (models.yaml beside devices.yaml) and what runs on the chips this host has."""
+    from .sysfs import discover
+
+    config = load_config(devices_config)
+    recipes = config.recipes
+    if recipes.models is None:
+        raise XwError("no models.yaml beside the devices config; the catalog is empty")
+    host_keys: dict[str, set[str]] = {}
+    for group in discover(config):
+        host_keys.setdefault(group.chip_key, set()).update(group.variant_keys)
+    rows: list[dict[str, Any]] = []
+    for model in recipes.models.models:
+        here: list[dict[str, Any]] = []
+        for chip, variants in host_keys.items():
+            engines = model.engines_for([*sorted(variants), chip])
+            if engines:
+                here.append({"chip": chip, "engines": engines})
+        if not here and not show_all:
+            continue
+        rows.append(
+            {
+                "model": model.model_id,
+                "source": model.source_id,
+                "parameters_b": model.parameters,
+                "context_length": model.context_length,
+                "runs_here": here,
+                "supported": {c: [e.split(":", 1)[0] for e in es] for c, es in model.supported_devices.items()},
+            }
+        )
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not host_keys:
+        click.echo("no supported chips detected on this host (`xw devices`); showing the catalog", err=True)
+    for row in rows:
+        row["here"] = "; ".join(f"{h['chip']}: {', '.join(h['engines'])}" for h in row["runs_here"]) or "-"
+        row["chips"] = ", ".join(row["supported"])
+    click.echo(
+        _table(
+            rows,
+            [
+                ("MODEL", "model"),
+                ("PARAMS(B)", "parameters_b"),
+                ("RUNS HERE (chip: engines)", "here"),
+                ("SUPPORTED CHIPS", "chips"),
+                ("SOURCE", "source"),
+            ],
+        )
+    )
+
+
+COMMANDS = [run, create, start, stop, rm, ps, logs, devices, models]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import docker.errors
 from docker.models.containers import Container
@@ -27,12 +29,15 @@ from xw_operator.errors import XwError
 from xw_operator.instance import ModelInstance
 from xw_operator.plan import Profile, resolve
 from xw_operator.render_docker import (
+    LABEL_ALIAS,
     LABEL_CHIP,
-    LABEL_DEPLOYMENT_MODE,
     LABEL_DEVICE_INDICES,
+    LABEL_HEALTH_PATH,
     LABEL_HOST_PORT,
     LABEL_INSTANCE_ID,
     LABEL_MODEL_ID,
+    LABEL_READY_PATH,
+    LABEL_RUNTIME,
     LABEL_SERVER_NAME,
     LOOPBACK,
     container_name,
@@ -52,8 +57,12 @@ from .allocation import (
     used_indices,
 )
 from .errors import NotFound, RuntimeFailure
+from .progress import PullProgress, WaitView, plain_pull, rich_pull
 from .status import CREATED, EXITED, READY, STOPPED, Status, classify, probe
 from .sysfs import ChipGroup, discover
+from .xwcli import is_xw_cli_container, is_xw_container, published_port, runtime_engine, xw_cli_server_name
+
+OWNER_XW, OWNER_XW_CLI = "xw", "xw-cli"
 
 Printer = Callable[[str], None]
 
@@ -90,28 +99,40 @@ class InstanceInfo:
     docker_state: dict[str, Any]
     restart_count: int
     created: str
+    owner: str = OWNER_XW  # xw-cli for containers the older tool made (listed, never touched unasked)
+    engine: str = ""
+    health_path: str = "/health"
+    ready_path: str | None = "/v1/models"  # None: the health path alone says ready
 
     @property
     def endpoint(self) -> str | None:
         return f"http://{LOOPBACK}:{self.host_port}/v1" if self.host_port else None
 
 
-def _info(container: Container) -> InstanceInfo:
+def _info(container: Container, owner: str = OWNER_XW) -> InstanceInfo:
     attrs = container.attrs
     labels = attrs.get("Config", {}).get("Labels") or {}
     port = labels.get(LABEL_HOST_PORT, "")
+    ready = labels.get(LABEL_READY_PATH, "/v1/models")
     return InstanceInfo(
         name=labels.get(LABEL_INSTANCE_ID, container.name),
         container_name=container.name,
         container_id=container.id,
         chip=labels.get(LABEL_CHIP, ""),
         device_indices=parse_indices(labels.get(LABEL_DEVICE_INDICES)),
-        host_port=int(port) if port.isdigit() else None,
-        served_name=labels.get(LABEL_MODEL_ID, ""),
+        host_port=int(port) if port.isdigit() else published_port(attrs),
+        # xw-cli serves the alias (its MODEL_NAME) when one is set, else the model id.
+        served_name=labels.get(LABEL_ALIAS) or labels.get(LABEL_MODEL_ID, "")
+        if owner == OWNER_XW_CLI
+        else labels.get(LABEL_MODEL_ID, ""),
         image=attrs.get("Config", {}).get("Image", ""),
         docker_state=attrs.get("State", {}),
         restart_count=int(attrs.get("RestartCount") or 0),
         created=attrs.get("Created", ""),
+        owner=owner,
+        engine=runtime_engine(labels.get(LABEL_RUNTIME)) or "",
+        health_path=labels.get(LABEL_HEALTH_PATH, "/health"),
+        ready_path=ready or None,
     )
 
 
@@ -132,6 +153,7 @@ class DockerRuntime:
         port_range: tuple[int, int] | None = None,
         arch: str | None = None,
         out: Printer = print,
+        progress_stream: IO[str] | None = None,
     ) -> None:
         self.config = config
         try:
@@ -148,34 +170,70 @@ class DockerRuntime:
         self.port_range = port_range or parse_port_range(os.environ.get("XW_PORT_RANGE"))
         self.arch = arch or host_arch()
         self.out = out
+        # Where pull bars and the readiness line are drawn; live views only when it and stdout are terminals.
+        self.progress_stream = progress_stream
+        # xw-cli shares ~/.xw with us: its server name is in data/server.conf when it ever ran here.
+        self.xw_cli_server = xw_cli_server_name(self.state_dir)
 
     # ------------------------------------------------------------------------------------------ queries
 
-    def _containers(self, server_name: str | None = None) -> list[Container]:
-        label = [f"{LABEL_DEPLOYMENT_MODE}=docker"]
-        if server_name is not None:
-            label.append(f"{LABEL_SERVER_NAME}={server_name}")
-        result: list[Container] = self.client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
-        return result
+    def _all_containers(self) -> list[Container]:
+        """Every container xw or xw-cli made on this Docker engine, whatever its server name or state."""
+        found: list[Container] = self.client.containers.list(
+            all=True, filters={"label": [LABEL_INSTANCE_ID]}, ignore_removed=True
+        )
+        return [c for c in found if is_xw_container(c.labels)]
 
-    def list_instances(self) -> list[InstanceInfo]:
+    def _is_xw_cli(self, container: Container) -> bool:
+        return is_xw_cli_container(container.labels, self.xw_cli_server)
+
+    def _containers(self, server_name: str | None = None) -> list[Container]:
+        """Our containers (``server_name`` given: this host's only); xw-cli's are never among them."""
+        return [
+            c
+            for c in self._all_containers()
+            if not self._is_xw_cli(c) and (server_name is None or c.labels.get(LABEL_SERVER_NAME) == server_name)
+        ]
+
+    def list_instances(self, *, include_xw_cli: bool = False) -> list[InstanceInfo]:
+        """This host's instances; with ``include_xw_cli``, xw-cli's containers too (marked owner=xw-cli)."""
         infos = [_info(c) for c in self._containers(self.server_name)]
         state.prune_stopped(self.state_dir, {i.container_id for i in infos})
-        return sorted(infos, key=lambda i: i.name)
+        if include_xw_cli:
+            infos += [_info(c, OWNER_XW_CLI) for c in self._all_containers() if self._is_xw_cli(c)]
+        return sorted(infos, key=lambda i: (i.owner, i.name))
 
     def _container(self, name: str) -> Container:
+        """Our instance NAME, else an xw-cli container the user named (instance id, alias or container name)."""
         try:
             container: Container = self.client.containers.get(container_name(name, self.server_name))
+            return container
         except docker.errors.NotFound:
-            raise NotFound(name, self.server_name) from None
-        return container
+            pass
+        for candidate in self._all_containers():
+            labels = candidate.labels
+            if self._is_xw_cli(candidate) and name in (
+                labels.get(LABEL_INSTANCE_ID),
+                labels.get(LABEL_ALIAS),
+                candidate.name,
+            ):
+                return candidate
+        raise NotFound(name, self.server_name) from None
+
+    def _owner(self, container: Container) -> str:
+        return OWNER_XW_CLI if self._is_xw_cli(container) else OWNER_XW
 
     def get(self, name: str) -> InstanceInfo:
-        return _info(self._container(name))
+        container = self._container(name)
+        return _info(container, self._owner(container))
 
     def status(self, info: InstanceInfo, *, probe_timeout: float = 2.0) -> Status:
         running = info.docker_state.get("Status") == "running"
-        result = probe(LOOPBACK, info.host_port, probe_timeout) if running and info.host_port else None
+        result = (
+            probe(LOOPBACK, info.host_port, probe_timeout, health_path=info.health_path, ready_path=info.ready_path)
+            if running and info.host_port
+            else None
+        )
         last = self._last_exit_code(info) if running and info.restart_count else None
         return classify(
             info.docker_state,
@@ -204,8 +262,22 @@ class DockerRuntime:
         except docker.errors.DockerException:
             return None
 
-    def holdings(self) -> list[Holding]:
-        return [holding_from_labels(c.labels, self.config) for c in self._containers(self.server_name)]
+    def holdings(self, *, every_server: bool = False) -> list[Holding]:
+        """What this host's containers and xw-cli's hold, in any state (a stopped xw-cli instance comes
+        back on the same devices and port). ``every_server``: also containers of other server names (ports
+        are host-wide; devices of other server names belong to other simulated hosts in tests)."""
+        out = []
+        for c in self._all_containers():
+            xw_cli = self._is_xw_cli(c)
+            if not (every_server or xw_cli or c.labels.get(LABEL_SERVER_NAME) == self.server_name):
+                continue
+            holding = holding_from_labels(c.labels, self.config)
+            if holding.host_port is None:
+                holding = Holding(holding.instance, holding.chip, holding.indices, published_port(c.attrs))
+            if xw_cli:
+                holding = Holding(f"{holding.instance} (xw-cli)", holding.chip, holding.indices, holding.host_port)
+            out.append(holding)
+        return out
 
     def devices(self) -> tuple[list[ChipGroup], list[Holding]]:
         return discover(self.config, self.sysfs_root), self.holdings()
@@ -221,26 +293,29 @@ class DockerRuntime:
             pass
         except docker.errors.APIError as exc:
             raise RuntimeFailure("image lookup", f"{image}: {_docker_reason(exc)}") from None
-        self.out(f"pulling {image} (not present locally)")
         repo, tag = _split_image(image)
-        last: dict[str, str] = {}
+        progress = PullProgress(image)
         try:
-            for event in self.client.api.pull(repo, tag=tag, stream=True, decode=True):
-                if "error" in event:
-                    raise RuntimeFailure("image pull", f"{image}: {event['error']}")
-                layer, status = event.get("id", ""), event.get("status", "")
-                if status and last.get(layer) != status:  # one line per layer and phase, not per byte
-                    last[layer] = status
-                    self.out(f"  {layer + ': ' if layer else ''}{status}")
+            events = self.client.api.pull(repo, tag=tag, stream=True, decode=True)
+            stream = self.progress_stream
+            if stream is not None and stream.isatty() and sys.stdout.isatty():
+                rich_pull(progress, events, stream)
+            else:
+                plain_pull(progress, events, self.out)
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(
                 "image pull",
                 f"{image} is not present locally and could not be pulled: {_docker_reason(exc)}",
             ) from None
+        if progress.error:
+            raise RuntimeFailure("image pull", f"{image}: {progress.error}")
 
     def prepare(self, instance: ModelInstance) -> Profile:
         """Checks that need no lock: the instance resolves for this host and its model source works here."""
-        profile = resolve(instance, self.config, arch=self.arch, backend="docker")
+        try:  # a catalog instance is completed from its recipe inside resolve (count, engine, source)
+            profile = resolve(instance, self.config, arch=self.arch, backend="docker")
+        except XwError as exc:
+            raise type(exc)(f"ModelInstance {instance.name}: {exc}", reason=exc.reason) from None
         docker_model_volume(profile)  # refuses a pvc source
         host_path = profile.model.host_path
         if host_path is not None and not Path(host_path).is_dir():
@@ -270,8 +345,11 @@ class DockerRuntime:
             except docker.errors.NotFound:
                 pass
             indices, host_port = self._allocate(profile)
+            work = self._work_dir(instance.name) if profile.work_dir else None
             params = _sdk_params(
-                render_docker(profile.bind(indices), server_name=self.server_name, host_port=host_port)
+                render_docker(
+                    profile.bind(indices), server_name=self.server_name, host_port=host_port, work_host_dir=work
+                )
             )
             try:
                 container: Container = self.client.containers.create(**params)
@@ -290,14 +368,16 @@ class DockerRuntime:
         group = find_group(discover(self.config, self.sysfs_root), profile.chip, self.config)
         used = used_indices(holdings, group.chip_key)
         indices = choose_indices(group, profile.device_count, used, profile.requested_indices)
-        # Ports are host-wide: every xw container on this engine, whatever its server name, reserves one.
-        reserved = {
-            h.host_port: h.instance
-            for h in (holding_from_labels(c.labels, self.config) for c in self._containers())
-            if h.host_port
-        }
+        # Ports are host-wide: every xw or xw-cli container on this engine, in any state, reserves one.
+        reserved = {h.host_port: h.instance for h in self.holdings(every_server=True) if h.host_port}
         port = choose_port(profile.requested_host_port, reserved, port_is_bindable, self.port_range)
         return indices, port
+
+    def _work_dir(self, name: str) -> str:
+        """The host directory backing an engine's writable work copy (created now, removed with the instance)."""
+        path = self.state_dir / "work" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
 
     def _remove_quietly(self, name_or_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
@@ -343,6 +423,8 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise RuntimeFailure("remove container", f"{container.name}: {_docker_reason(exc)}") from None
         state.clear_stopped(self.state_dir, container.id)
+        if not self._is_xw_cli(container):
+            shutil.rmtree(self.state_dir / "work" / name, ignore_errors=True)
 
     def logs(self, name: str, *, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
         container = self._container(name)
@@ -354,31 +436,49 @@ class DockerRuntime:
             yield container.logs(**kwargs)
 
     def wait_ready(self, name: str, *, timeout: float, interval: float = 0.5) -> Status:
-        """Poll until ready; fail early when the engine exits (or Docker restarts it), else at the deadline."""
+        """Poll until ready; fail early when the engine exits (or Docker restarts it), else at the deadline.
+
+        While waiting, the elapsed time, the state and the engine's last log line are shown (redrawn in
+        place on a terminal, a line per change or every 10 s otherwise); a failure carries the last log
+        lines and the exact reason.
+        """
         deadline = time.monotonic() + timeout
-        last: Status | None = None
-        while True:
-            info = self.get(name)
-            current = self.status(info, probe_timeout=min(2.0, max(0.2, deadline - time.monotonic())))
-            if current.state == READY:
-                return current
-            if current != last:
-                self.out(f"{name}: {current}")
-                last = current
-            if current.state in (EXITED, STOPPED, CREATED) or info.restart_count > 0:
-                code = current.exit_code if current.exit_code is not None else self._last_exit_code(info)
-                raise RuntimeFailure(
-                    "waiting for readiness",
-                    f"{name}: the engine exited"
-                    + (f" with code {code}" if code is not None else "")
-                    + f" ({current}); last log lines:\n{self._tail(name)}",
-                )
-            if time.monotonic() >= deadline:
-                raise RuntimeFailure(
-                    "waiting for readiness",
-                    f"{name} not ready within {timeout:g}s: {current}; see `xw logs {name}`",
-                )
-            time.sleep(interval)
+        stream = self.progress_stream
+        tty = stream is not None and stream.isatty() and sys.stdout.isatty()
+
+        def draw(text: str) -> None:
+            assert stream is not None
+            stream.write(text)
+            stream.flush()
+
+        view = WaitView(name, draw if tty else self.out, tty)
+        try:
+            while True:
+                info = self.get(name)
+                current = self.status(info, probe_timeout=min(2.0, max(0.2, deadline - time.monotonic())))
+                if current.state == READY:
+                    return current
+                view.update(str(current), self._last_line(name))
+                if current.state in (EXITED, STOPPED, CREATED) or info.restart_count > 0:
+                    code = current.exit_code if current.exit_code is not None else self._last_exit_code(info)
+                    raise RuntimeFailure(
+                        "waiting for readiness",
+                        f"{name}: the engine exited"
+                        + (f" with code {code}" if code is not None else "")
+                        + f" ({current}); last log lines:\n{self._tail(name)}",
+                    )
+                if time.monotonic() >= deadline:
+                    raise RuntimeFailure(
+                        "waiting for readiness",
+                        f"{name} not ready within {timeout:g}s: {current}; last log lines:\n{self._tail(name)}",
+                    )
+                time.sleep(interval)
+        finally:
+            view.finish()
+
+    def _last_line(self, name: str) -> str:
+        lines = self._tail(name, 3).splitlines()
+        return lines[-1].strip() if lines and lines[-1] != "(no logs)" else ""
 
     def _tail(self, name: str, lines: int = 20) -> str:
         try:

@@ -24,6 +24,8 @@ class Probe:
     health_status: int | None  # None: no HTTP answer at all
     models: tuple[str, ...] | None  # None: /v1/models did not answer with a model list
     error: str | None = None
+    models_ok: bool = False  # the engine has no model-list readiness: a healthy answer is enough
+    health_path: str = "/health"
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,8 @@ def classify(
         reason = probe.error if probe and probe.error else "no answer on /health yet"
         return Status(STARTING, detail=reason + restarted)
     if not 200 <= probe.health_status < 300:
-        return Status(UNHEALTHY, detail=f"GET /health answered {probe.health_status}{restarted}")
-    if probe.models is None or served_name not in probe.models:
+        return Status(UNHEALTHY, detail=f"GET {probe.health_path} answered {probe.health_status}{restarted}")
+    if not probe.models_ok and (probe.models is None or served_name not in probe.models):
         listed = ", ".join(probe.models) if probe.models else "none"
         detail = f"model {served_name!r} not listed by /v1/models yet (listed: {listed})"
         return Status(STARTING, detail=detail + restarted)
@@ -97,15 +99,28 @@ def model_ids(body: bytes) -> tuple[str, ...] | None:
     return tuple(str(m["id"]) for m in data if isinstance(m, dict) and "id" in m)
 
 
-def probe(host: str, port: int, timeout: float = 2.0) -> Probe:
+def probe(
+    host: str,
+    port: int,
+    timeout: float = 2.0,
+    *,
+    health_path: str = "/health",
+    ready_path: str | None = "/v1/models",
+    served_name: str | None = None,
+) -> Probe:
+    """GET the health path, then the ready path (an OpenAI model list); the paths come from the engine
+    definition. Without a ready path the health path alone decides (the served name counts as listed)."""
     base = f"http://{host}:{port}"
     try:
-        health, _ = _get(f"{base}/health", timeout)
+        health, _ = _get(f"{base}{health_path}", timeout)
     except (OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", exc)
-        return Probe(None, None, f"no answer on {base}/health ({reason})")
+        return Probe(None, None, f"no answer on {base}{health_path} ({reason})")
+    if ready_path is None:
+        return Probe(health, None, models_ok=True, health_path=health_path)
     try:
-        code, body = _get(f"{base}/v1/models", timeout)
+        code, body = _get(f"{base}{ready_path}", timeout)
     except (OSError, urllib.error.URLError) as exc:
-        return Probe(health, None, f"no answer on {base}/v1/models ({getattr(exc, 'reason', exc)})")
-    return Probe(health, model_ids(body) if 200 <= code < 300 else None)
+        reason = getattr(exc, "reason", exc)
+        return Probe(health, None, f"no answer on {base}{ready_path} ({reason})", health_path=health_path)
+    return Probe(health, model_ids(body) if 200 <= code < 300 else None, health_path=health_path)

@@ -26,22 +26,41 @@ from typing import Protocol
 from xw_operator.devices import DevicesConfig, parse_devices_config
 from xw_operator.errors import ConfigError
 from xw_operator.k8s.client import ApiError, KubeApi, object_path
+from xw_operator.recipes import MODELS_FILE, RUNTIME_PARAMS_FILE, parse_recipes
 
 log = logging.getLogger(__name__)
 
 CONFIGMAP_KEY = "devices.yaml"
+# Optional keys beside devices.yaml (files beside it, keys of the same ConfigMap): the model recipes.
+RECIPE_KEYS = (MODELS_FILE, RUNTIME_PARAMS_FILE)
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Raw text of one version of devices.yaml and where it came from."""
+    """Raw text of one version of devices.yaml (plus the recipe files found with it) and where it came from."""
 
     text: str
     origin: str  # human-readable: a path or ConfigMap ns/name
+    extras: tuple[tuple[str, str], ...] = ()  # (models.yaml | runtime_params.yaml, text) when present
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        blob = self.text + "".join(f"\0{k}\0{v}" for k, v in self.extras)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def parse_snapshot(snapshot: Snapshot) -> DevicesConfig:
+    """devices.yaml with its recipes; any invalid part refuses the whole version."""
+    config = parse_devices_config(snapshot.text, source=snapshot.origin)
+    extras = dict(snapshot.extras)
+    where = snapshot.origin.removesuffix(f" key {CONFIGMAP_KEY}")
+    recipes = parse_recipes(
+        extras.get(MODELS_FILE),
+        extras.get(RUNTIME_PARAMS_FILE),
+        models_source=f"{where} {MODELS_FILE}",
+        params_source=f"{where} {RUNTIME_PARAMS_FILE}",
+    )
+    return config.with_recipes(recipes)
 
 
 class Source(Protocol):
@@ -59,9 +78,15 @@ class FileSource:
 
     def read(self) -> Snapshot:
         try:
-            return Snapshot(self.path.read_text(encoding="utf-8"), str(self.path))
+            text = self.path.read_text(encoding="utf-8")
+            extras = tuple(
+                (key, (self.path.parent / key).read_text(encoding="utf-8"))
+                for key in RECIPE_KEYS
+                if (self.path.parent / key).is_file()
+            )
         except OSError as exc:
             raise ConfigError(f"cannot read devices config {self.path}: {exc.strerror or exc}") from None
+        return Snapshot(text, str(self.path), extras)
 
 
 class ConfigMapSource:
@@ -82,7 +107,8 @@ class ConfigMapSource:
         data = cm.get("data") or {}
         if self.key not in data:
             raise ConfigError(f"{origin} has no key {self.key!r} (keys: {', '.join(sorted(data)) or 'none'})")
-        return Snapshot(str(data[self.key]), f"{origin} key {self.key}")
+        extras = tuple((key, str(data[key])) for key in RECIPE_KEYS if key in data)
+        return Snapshot(str(data[self.key]), f"{origin} key {self.key}", extras)
 
     @property
     def involved_object(self) -> dict[str, object]:
@@ -112,8 +138,13 @@ def chip_fingerprints(config: DevicesConfig) -> dict[str, str]:
 
 
 def changed_chips(old: DevicesConfig, new: DevicesConfig) -> set[str]:
-    """Chip keys whose profile differs, appeared or disappeared."""
+    """Chip keys whose profile differs, appeared or disappeared.
+
+    Engine definitions and recipes apply across chips: when either changed, every chip counts as changed.
+    """
     before, after = chip_fingerprints(old), chip_fingerprints(new)
+    if old.engines != new.engines or old.recipes != new.recipes:
+        return set(before) | set(after)
     return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
 
 
@@ -143,7 +174,7 @@ class ConfigStore:
     def __init__(self, source: Source) -> None:
         self.source = source
         snapshot = source.read()
-        self._config = parse_devices_config(snapshot.text, source=snapshot.origin)  # startup: invalid is fatal
+        self._config = parse_snapshot(snapshot)  # startup: invalid is fatal
         self._lock = threading.Lock()
         self.state = ConfigState(source.description, snapshot.digest, chips=self._config.chip_keys)
 
@@ -165,7 +196,7 @@ class ConfigStore:
                 self.state.last_error = self.state.rejected_digest = None
             return None
         try:
-            new = parse_devices_config(snapshot.text, source=snapshot.origin)
+            new = parse_snapshot(snapshot)
         except ConfigError as exc:
             return self._refuse(str(exc), digest=snapshot.digest)
         with self._lock:
