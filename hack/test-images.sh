@@ -5,6 +5,8 @@
 #                                       xw-test/engine:ok         /health 200, /v1/models lists the name
 #                                       xw-test/engine:unhealthy  /v1/models lists the name, /health 404
 #                                       xw-test/engine:exits      prints a message, exits 3 after ~1 s
+#                                       xw-test/engine:contract   like ok; for the engine-contract tests (it
+#                                                                 serves back its argv and env, a tag of its own)
 #                                     (the served name comes from --served-model-name / XW_TEST_MODEL_NAME,
 #                                     see hack/test-images/engine/entrypoint.sh)
 #   bash hack/test-images.sh base     xw-test/python-base:bookworm, a debootstrap'ed Debian with python3
@@ -55,7 +57,7 @@ build_engines() {
   cp "$bb" "$tmp/busybox"
   # Hash of every file's path and content in the context (order-independent of the filesystem).
   hash="$(cd "$tmp" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
-  for mode in ok unhealthy exits; do
+  for mode in ok unhealthy exits contract; do
     tag="xw-test/engine:$mode"
     if [ "$(image_label "$tag")" = "$hash" ]; then
       log "$tag up to date ($hash)"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from xw_docker_host import NPU, OK_IMAGE, REPO, XwHost, devices_yaml
+from xw_docker_host import CONTRACT_IMAGE, NPU, OK_IMAGE, REPO, XwHost, devices_yaml
 
 import docker
 
@@ -33,7 +33,7 @@ SANDBOX_ENV = {"ASCEND_GLOBAL_LOG_LEVEL": "3"}
 @pytest.fixture
 def xw_cli_image(docker_engine: docker.DockerClient) -> str:
     repo, tag = XW_CLI_IMAGE.rsplit(":", 1)
-    docker_engine.images.get(OK_IMAGE).tag(repo, tag)
+    docker_engine.images.get(CONTRACT_IMAGE).tag(repo, tag)
     return XW_CLI_IMAGE
 
 
@@ -44,7 +44,7 @@ def _engines_yaml(host: XwHost) -> Path:
     vllm_block = chip["ext_sandboxes"]["vllm"]
     for engine in ("mindie", "omni-infer", "mlguider"):
         chip["ext_sandboxes"][engine] = dict(vllm_block)
-        chip["runtime_images"][engine] = {"amd64": OK_IMAGE, "arm64": OK_IMAGE}
+        chip["runtime_images"][engine] = {"amd64": CONTRACT_IMAGE, "arm64": CONTRACT_IMAGE}
     path = host.root / "devices.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -112,7 +112,7 @@ CONTRACTS: dict[str, tuple[list[str] | None, dict[str, str]]] = {
 def test_stand_in_receives_exactly_the_contract(host: XwHost, xw_cli_image: str, definition: str) -> None:
     host.env["XW_DEVICES_CONFIG"] = str(_engines_yaml(host))
     engine = "vllm" if definition.startswith("vllm") else definition
-    image = xw_cli_image if definition == "vllm-xw" else OK_IMAGE
+    image = xw_cli_image if definition == "vllm-xw" else CONTRACT_IMAGE
     name = definition.replace("-", "")
     row = _run_manifest(host, name, engine, image)
     argv, env = _received(row["host_port"])

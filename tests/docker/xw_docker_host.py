@@ -19,6 +19,7 @@ XW = str(Path(sys.executable).with_name("xw"))
 OK_IMAGE = "xw-test/engine:ok"
 UNHEALTHY_IMAGE = "xw-test/engine:unhealthy"
 EXITS_IMAGE = "xw-test/engine:exits"
+CONTRACT_IMAGE = "xw-test/engine:contract"  # serves back its argv and env (GET /xw-test/argv, /xw-test/env)
 
 NPU = "test-npu"  # 8 chips, one per PCI function, two boxes of 4 (like Ascend 910B)
 DUO = "test-duo"  # 2 chips per PCI function (like Ascend 310P duo cards)

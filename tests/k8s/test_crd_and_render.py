@@ -87,6 +87,8 @@ CASES = [
         "shipped",
     ),
     ("host-device-x2", spec_for("acme-npu", 2, {"hostPath": "/data/models/acme"}), "host-device"),
+    # A catalog model (models.yaml) with no source: the recipe fills source, engine, count and tuning.
+    ("catalog-qwen3-8b", {"model": {"catalog": "qwen3-8b"}, "devices": {"chip": "ascend-910b"}}, "shipped"),
 ]
 
 
@@ -219,6 +221,12 @@ INVALID = [
         ["spec.resources.limits", "only cpu, memory, ephemeral-storage and hugepages-* may be set"],
     ),
     ("missing-devices", {"model": {"source": {"hostPath": "/m"}}}, ["spec.devices", "Required value"]),
+    (
+        "no-source-no-catalog",
+        _spec(model={"name": "x"}),
+        ["spec.model", "set model.source (hostPath, pvc or huggingFace) or model.catalog"],
+    ),
+    ("bad-catalog-id", _spec(model={"catalog": "../x"}), ["spec.model.catalog", "should match"]),
 ]
 
 

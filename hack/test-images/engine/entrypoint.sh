@@ -8,6 +8,7 @@
 #   ok         /health -> 200, /v1/models lists the name
 #   unhealthy  /v1/models lists the name, /health -> 404 (never healthy)
 #   exits      prints a message and exits 3 after ~1 s
+#   contract   as ok (a separate tag the engine-contract tests use)
 # Before serving it prints its args, env and visible /dev entries so `docker logs` shows what it got, and
 # serves exactly what it received at GET /xw-test/argv (its name then one argument per line) and
 # GET /xw-test/env (the environment it started with, one VAR=value per line, sorted) for the
@@ -17,6 +18,7 @@ received_env="$(env | sort)"
 argv0="$0"
 export PATH=/bin
 mode="${XW_TEST_MODE:-ok}"
+[ "$mode" = contract ] && mode=ok  # the contract tests' own tag, same behaviour
 echo "xw-test-engine mode=$mode"
 echo "args: $*"
 echo "env:"
