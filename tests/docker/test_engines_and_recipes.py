@@ -245,3 +245,17 @@ def test_ps_json_shape_has_an_owner(host: XwHost) -> None:
     assert host.xw("run", "-f", str(host.manifest("one")), "--timeout", "60").returncode == 0
     rows = json.loads(host.xw("ps", "-o", "json").stdout)
     assert [r["owner"] for r in rows] == ["xw"]
+
+
+def test_readiness_wait_shows_elapsed_time_and_the_last_log_line(host: XwHost) -> None:
+    """Not a terminal: plain lines. An engine that never gets healthy: the reason and its last log lines."""
+    from xw_docker_host import UNHEALTHY_IMAGE
+
+    result = host.xw("run", "-f", str(host.manifest("slow", image=UNHEALTHY_IMAGE)), "--timeout", "4")
+    assert result.returncode == 1, result.stderr
+    waiting = [line for line in result.stderr.splitlines() if line.startswith("slow: waiting for readiness (")]
+    assert waiting, result.stderr
+    assert "unhealthy: GET /health answered 404" in waiting[0] and " | " in waiting[0]  # state | last log line
+    assert "slow not ready within 4s" in result.stderr and "last log lines:" in result.stderr
+    assert "serving on :8000" in result.stderr  # the engine's own output, shown on failure
+    assert "\x1b" not in result.stderr
