@@ -419,3 +419,44 @@ def test_invalid_devices_config_is_refused_and_changes_nothing(
         assert "devices config refused" in xw_operator.log_text()
     finally:
         restore_shipped_devices(xw_operator)
+
+
+def test_catalog_instance_gets_its_recipe_and_an_unsupported_chip_fails(
+    cluster: Any, namespace: str, xw_operator: OperatorProcess
+) -> None:
+    """models.yaml and runtime_params.yaml put beside the operator's devices.yaml are picked up live."""
+    beside = [xw_operator.devices_path.parent / name for name in ("models.yaml", "runtime_params.yaml")]
+    digest = xw_operator.health()["devicesConfig"]["digest"]
+    try:
+        for path in beside:
+            path.write_text((REPO / "configs" / path.name).read_text(encoding="utf-8"), encoding="utf-8")
+        wait_for("recipes loaded", lambda: xw_operator.health()["devicesConfig"]["digest"] != digest)
+        catalog = {"model": {"catalog": "qwen3-8b"}, "devices": {"chip": "ascend-910b"}}
+        doc = {"apiVersion": "xw.dev/v1alpha1", "kind": "ModelInstance", "metadata": {"name": "cat"}, "spec": catalog}
+        apply(cluster, namespace, doc)
+        wait_ready(cluster, namespace, "cat")
+        dep = get(cluster, namespace, "deployment", "cat")
+        assert dep is not None
+        container = engine_container(dep)
+        # The shipped 910B image is upstream vLLM: tuned parameters become flags of `vllm serve`.
+        assert container["command"] == ["vllm", "serve", "Qwen/Qwen3-8B"]
+        assert "--gpu-memory-utilization=0.9" in container["args"] and "--max-model-len=32768" in container["args"]
+        assert "--reasoning-parser" in container["args"]
+        assert str(container["resources"]["limits"]["huawei.com/Ascend910"]) == "1"  # the recipe's world_size
+        doc["metadata"]["name"] = "cat-intel"
+        doc["spec"] = {**catalog, "devices": {"chip": "intel-gpu"}}
+        apply(cluster, namespace, doc)
+        mi = wait_for(
+            "Failed",
+            lambda: (
+                (m := get(cluster, namespace, "mi", "cat-intel"))
+                and (m.get("status") or {}).get("phase") == "Failed"
+                and m
+            ),
+        )
+        message = condition(mi, "Ready")["message"]
+        assert "model qwen3-8b does not support chip intel-gpu; supported: ascend-910b" in message
+        assert get(cluster, namespace, "deployment", "cat-intel") is None
+    finally:
+        for path in beside:
+            path.unlink(missing_ok=True)
