@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import urllib.request
@@ -259,3 +260,28 @@ def test_readiness_wait_shows_elapsed_time_and_the_last_log_line(host: XwHost) -
     assert "slow not ready within 4s" in result.stderr and "last log lines:" in result.stderr
     assert "serving on :8000" in result.stderr  # the engine's own output, shown on failure
     assert "\x1b" not in result.stderr
+
+
+def test_xw_run_pulls_a_missing_image_with_progress(host: XwHost) -> None:
+    """A real pull from a registry on 127.0.0.1 (tests/docker/local_registry.py) of an image with a fresh
+    8 MB layer: plain progress lines (stderr is not a terminal), then the instance starts from it."""
+    from local_registry import LocalRegistry
+
+    registry = LocalRegistry(host.client, CONTRACT_IMAGE, "xw-test/pulled", "v1", extra_layer_bytes=8_000_000)
+    try:
+        result = host.xw("run", "-f", str(host.manifest("pulled", image=registry.reference)), "--timeout", "60")
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.splitlines()
+        assert lines[0] == f"pulling {registry.reference}"
+        assert any(line.endswith(": Downloading") for line in lines), lines
+        assert any(line.endswith(": Pull complete") for line in lines), lines
+        final = next(line for line in lines if line.startswith(f"pulled {registry.reference}: "))
+        assert "100%" in final and "MB" in final and "layers" in final
+        assert "\x1b" not in result.stderr
+        assert host.ps()["pulled"]["state"] == "ready"
+        assert any(p.startswith("/v2/xw-test/pulled/blobs/") for p in registry.requests)
+    finally:
+        registry.close()
+        host.cleanup()
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            host.client.images.remove(registry.reference, force=True)
