@@ -217,7 +217,8 @@ def xw_cli_container(host: XwHost) -> Iterator[Any]:
     try:
         yield container
     finally:
-        container.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
 
 
 def test_xw_cli_containers_keep_their_devices_and_port(host: XwHost, xw_cli_container: Any) -> None:
@@ -240,6 +241,10 @@ def test_xw_cli_containers_keep_their_devices_and_port(host: XwHost, xw_cli_cont
     assert host.xw("rm", "--force", "mine").returncode == 0
     after = host.client.api.inspect_container(xw_cli_container.id)
     assert after["State"] == before["State"] and after["Config"]["Labels"] == before["Config"]["Labels"]
+    # Named by the user, it is removed like ours (by its xw-cli instance id).
+    assert host.xw("rm", "qwen3-8b").returncode == 0
+    with pytest.raises(docker.errors.NotFound):
+        host.client.containers.get(xw_cli_container.id)
 
 
 def test_ps_json_shape_has_an_owner(host: XwHost) -> None:
