@@ -378,7 +378,10 @@ def build_from_definition(name: str, defn: EngineDefinition, ctx: EngineContext)
         if key in rules.skip:
             continue
         if key in rules.split:
-            defaults.extend(shlex.split(value))
+            # xw-cli's images run these through a shell that knows $MODEL_PATH (recipes use it for chat
+            # templates); an explicit command has no shell, so the path is filled in here.
+            path = ctx.model_path
+            defaults.extend(shlex.split(value.replace("${MODEL_PATH}", path).replace("$MODEL_PATH", path)))
         elif key in rules.flags:
             defaults.append(f"--{key.replace('_', '-')}={value}")
         elif rules.env == "rest" and (var := env_var_name(key)) not in ctx.sandbox_env:

@@ -117,3 +117,9 @@ def test_tuned_params_become_flags_or_variables_as_the_definition_says() -> None
 def test_bad_definition_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"engines.vllm.ready_path"):
         parse_engines("engines: {vllm: {ready_path: health}}", "engines.yaml")
+
+
+def test_split_arguments_get_the_model_path_without_a_shell() -> None:
+    tuned = (("extra_args", "--chat-template $MODEL_PATH/chat_template.jinja --x ${MODEL_PATH}/y"),)
+    cmd = build_command("vllm", EngineContext("q", "/mnt/model", None, 1, (), tuned))
+    assert cmd.args[-4:] == ("--chat-template", "/mnt/model/chat_template.jinja", "--x", "/mnt/model/y")
