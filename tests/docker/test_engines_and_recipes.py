@@ -46,6 +46,8 @@ def _engines_yaml(host: XwHost) -> Path:
     for engine in ("mindie", "omni-infer", "mlguider"):
         chip["ext_sandboxes"][engine] = dict(vllm_block)
         chip["runtime_images"][engine] = {"amd64": CONTRACT_IMAGE, "arm64": CONTRACT_IMAGE}
+    # The image policy allows spec.engine.image under these prefixes (the xw-cli-looking tag included).
+    doc["policy"] = {"allowed_image_prefixes": ["docker.io/xw-test", "localhost/xw-cli"]}
     path = host.root / "devices.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -273,6 +275,9 @@ def test_xw_run_pulls_a_missing_image_with_progress(host: XwHost) -> None:
     from local_registry import LocalRegistry
 
     registry = LocalRegistry(host.client, CONTRACT_IMAGE, "xw-test/pulled", "v1", extra_layer_bytes=8_000_000)
+    doc = devices_yaml(host.root)
+    doc["policy"] = {"allowed_image_prefixes": [f"127.0.0.1:{registry.port}/xw-test"]}
+    (host.root / "devices.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
         result = host.xw("run", "-f", str(host.manifest("pulled", image=registry.reference)), "--timeout", "60")
         assert result.returncode == 0, result.stderr
