@@ -2,9 +2,12 @@
 # Local loopback Kubernetes control plane for tests and the demo -- no Docker, no image registry.
 #
 #   bash hack/cluster.sh build           build (or reuse) etcd, kube-apiserver, kube-controller-manager,
-#                                        kube-scheduler, kubectl, kwok, helm into the cache
-#   bash hack/cluster.sh up              start etcd + control plane + kwok + fake accelerator nodes;
+#                                        kube-scheduler, kubectl, kwok, helm into the cache, then the
+#                                        LeaderWorkerSet controller (its own cache dir, keyed by version)
+#   bash hack/cluster.sh up              start etcd + control plane + kwok + fake accelerator nodes +
+#                                        the LeaderWorkerSet CRD, controller and its webhooks;
 #                                        last lines on stdout: export KUBECONFIG=... / export PATH=...
+#   bash hack/cluster.sh build-lws       build (or reuse) only the LeaderWorkerSet controller
 #   bash hack/cluster.sh down            stop every process `up` started (by recorded pid), wipe etcd data
 #   bash hack/cluster.sh env             print the export lines without starting anything
 #   bash hack/cluster.sh status          show which recorded processes are alive
@@ -17,12 +20,17 @@
 #   XW_ETCD_PORT (12379) XW_ETCD_PEER_PORT (12380) XW_APISERVER_PORT (16443)
 #   XW_KCM_PORT (16257) XW_SCHEDULER_PORT (16259) XW_KWOK_PORT (16080)
 #   XW_SERVICE_CIDR (10.96.0.0/16)
+#   XW_LWS_WEBHOOK_PORT (XW_KWOK_PORT+1) XW_LWS_HEALTH_PORT (XW_KWOK_PORT+2)
+#   XW_LWS=0         do not install/start the LeaderWorkerSet controller (multi-node instances then wait)
 set -euo pipefail
 
 K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.19.5
+# LeaderWorkerSet (sigs.k8s.io/lws): v0.8.0 is the newest release built against the k8s v0.34 client
+# libraries (v0.9+ moved to v0.36); its go.mod's go 1.25 builds with any newer local Go.
+LWS_VERSION=v0.8.0
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE_DIR="${XW_CACHE_DIR:-$HOME/.cache/xw-operator}"
@@ -32,6 +40,11 @@ BIN_DIR="$ROOT_DIR/bin"
 SRC_DIR="$ROOT_DIR/src"
 STAMP="$ROOT_DIR/stamp"
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+# The LWS controller has its own cache dir and stamp, so adding or bumping it never invalidates the
+# (24-minute) control-plane build above.
+LWS_ROOT="$CACHE_DIR/lws/$LWS_VERSION"
+LWS_BIN="$LWS_ROOT/bin/lws-controller"
+LWS_STAMP="$LWS_ROOT/stamp"
 
 STATE="${XW_CLUSTER_DIR:-$CACHE_DIR/cluster}"
 ETCD_PORT="${XW_ETCD_PORT:-12379}"
@@ -40,6 +53,9 @@ APISERVER_PORT="${XW_APISERVER_PORT:-16443}"
 KCM_PORT="${XW_KCM_PORT:-16257}"
 SCHEDULER_PORT="${XW_SCHEDULER_PORT:-16259}"
 KWOK_PORT="${XW_KWOK_PORT:-16080}"
+LWS_WEBHOOK_PORT="${XW_LWS_WEBHOOK_PORT:-$((KWOK_PORT + 1))}"
+LWS_HEALTH_PORT="${XW_LWS_HEALTH_PORT:-$((KWOK_PORT + 2))}"
+WITH_LWS="${XW_LWS:-1}"
 SERVICE_CIDR="${XW_SERVICE_CIDR:-10.96.0.0/16}"
 KUBECONFIG_PATH="$STATE/kubeconfig"
 AUDIT_LOG="$STATE/audit.log"
@@ -210,6 +226,67 @@ build_helm() {
       "helm.sh/helm/v3/cmd/helm@$2" && mv "$1/.gobin/helm" "$1/helm"' _ "$BIN_DIR" "$HELM_VERSION" "$f"
 }
 
+
+# ---------------------------------------------------------------------------------------------- LWS
+
+# The files `up` needs from the LWS module source, copied next to the binary so `up` never needs Go or
+# the module cache: the CRD, the manager's ClusterRole (the controller runs with exactly those rights)
+# and the webhook manifest (checked: the paths `up` registers must be the ones this version serves).
+LWS_FILES=(config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml config/rbac/role.yaml config/webhook/manifests.yaml)
+LWS_WEBHOOK_PATHS=(/mutate-leaderworkerset-x-k8s-io-v1-leaderworkerset /validate-leaderworkerset-x-k8s-io-v1-leaderworkerset /mutate--v1-pod /validate--v1-pod)
+
+lws_version_ok() {
+  [[ -x "$LWS_BIN" ]] || return 1
+  local v; v="$("$LWS_BIN" --version 2>/dev/null)" || return 1
+  [[ "$v" == *"Version: $LWS_VERSION"* ]]
+}
+
+lws_stamp_matches() {
+  [[ -f "$LWS_STAMP" ]] && grep -qx "lws=$LWS_VERSION" "$LWS_STAMP" && lws_version_ok || return 1
+  local f; for f in "${LWS_FILES[@]}"; do [[ -s "$LWS_ROOT/files/$(basename "$f")" ]] || return 1; done
+}
+
+# `go install sigs.k8s.io/lws/cmd@vX` would need the proxy's version list (it loads deprecation notices),
+# which some proxies refuse; a wrapper module that requires the exact version and builds its main
+# package needs only that version's files.
+build_lws() {
+  local src="$LWS_ROOT/src" dir f p
+  mkdir -p "$src" "$LWS_ROOT/bin" "$LWS_ROOT/files"
+  cat > "$src/go.mod" <<EOF
+module xw.local/lwsbuild
+
+go 1.25.0
+
+require sigs.k8s.io/lws ${LWS_VERSION}
+EOF
+  echo "package lwsbuild" > "$src/tools.go"
+  (cd "$src" && go mod download sigs.k8s.io/lws) || die "could not download sigs.k8s.io/lws@${LWS_VERSION}"
+  run_timed "lws-controller ${LWS_VERSION}" bash -c 'cd "$1" && go build -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/lws/pkg/version.GitVersion=$2" -o "$3.tmp" sigs.k8s.io/lws/cmd && mv "$3.tmp" "$3"' \
+    _ "$src" "$LWS_VERSION" "$LWS_BIN"
+  dir="$(cd "$src" && go list -m -f '{{.Dir}}' sigs.k8s.io/lws)"
+  [[ -d "$dir" ]] || die "sigs.k8s.io/lws@${LWS_VERSION} source not found in the module cache"
+  for f in "${LWS_FILES[@]}"; do
+    [[ -f "$dir/$f" ]] || die "sigs.k8s.io/lws@${LWS_VERSION} has no $f"
+    install -m 644 "$dir/$f" "$LWS_ROOT/files/$(basename "$f")"
+  done
+  for p in "${LWS_WEBHOOK_PATHS[@]}"; do
+    grep -q "path: $p\$" "$LWS_ROOT/files/manifests.yaml" || die "lws ${LWS_VERSION} does not serve webhook path $p"
+  done
+  lws_version_ok || die "lws-controller built but reports '$("$LWS_BIN" --version 2>&1 | head -1)'"
+  printf 'lws=%s\ngo=%s\nbuilt=%s\nsha256=%s\n' "$LWS_VERSION" "$(go env GOVERSION)" \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(sha256sum "$LWS_BIN" | cut -d' ' -f1)" > "$LWS_STAMP.tmp"
+  mv "$LWS_STAMP.tmp" "$LWS_STAMP"
+  log "lws-controller ${LWS_VERSION} ready in $LWS_ROOT"
+}
+
+cmd_build_lws() {
+  command -v go >/dev/null || die "go is required (https://go.dev/dl/)"
+  go_env
+  if lws_stamp_matches; then log "reusing cached lws-controller ${LWS_VERSION} ($LWS_ROOT)"; return 0; fi
+  build_lws
+}
+
 stamp_matches() {
   [[ -f "$STAMP" ]] || return 1
   grep -qx "tuple=$TUPLE" "$STAMP" || return 1
@@ -229,6 +306,7 @@ cmd_build() {
     done
     if [[ $bad -eq 0 ]]; then
       log "reusing cached binaries in $BIN_DIR ($TUPLE)"
+      cmd_build_lws
       return 0
     fi
   fi
@@ -256,11 +334,15 @@ cmd_build() {
     for b in "${BINARIES[@]}"; do echo "$b=$(version_of "$b" "$BIN_DIR/$b") sha256=$(sha256sum "$BIN_DIR/$b" | cut -d' ' -f1)"; done
   } > "$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
   log "all binaries ready in $BIN_DIR ($((SECONDS - total_start))s)"
+  cmd_build_lws
 }
 
 # ---------------------------------------------------------------------------------------------- up/down
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+# Started last, stopped first: while it is down, its webhooks (scoped to LWS objects and LWS pods only)
+# would refuse those objects, never anything else.
+[[ "$WITH_LWS" == 1 ]] && COMPONENTS+=(lws-controller)
 
 print_env() {
   echo "export KUBECONFIG=$KUBECONFIG_PATH"
@@ -324,6 +406,12 @@ gen_pki() {
   gen_cert kube-controller-manager system:kube-controller-manager ""
   gen_cert kube-scheduler system:kube-scheduler ""
   gen_cert kwok kwok-controller system:masters
+  if [[ "$WITH_LWS" == 1 ]]; then
+    # Its own identity, bound to the ClusterRole shipped with the LWS module (not system:masters), and a
+    # serving certificate for its webhooks on 127.0.0.1 signed by the cluster CA (the caBundle).
+    gen_cert lws-controller lws-controller ""
+    gen_cert lws-webhook lws-webhook "" "IP:127.0.0.1,DNS:localhost"
+  fi
   if [[ ! -f "$pki/sa.key" ]]; then
     genkey "$pki/sa.key"
     openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -375,10 +463,15 @@ EOF
 
 start_component() { # name args...
   local name="$1"; shift
+  start_component_bin "$name" "$BIN_DIR/$name" "$@"
+}
+
+start_component_bin() { # name path args...
+  local name="$1" bin="$2"; shift 2
   # stdin/stdout/stderr detached so callers capturing our output (pytest, make | tee) never wait on them;
   # setsid so a Ctrl-C in the calling terminal does not kill the cluster.
   # 9>&- : the lock fd must not be inherited, or the daemons would hold the up/down lock forever.
-  setsid "$BIN_DIR/$name" "$@" < /dev/null >> "$STATE/logs/$name.log" 2>&1 9>&- &
+  setsid "$bin" "$@" < /dev/null >> "$STATE/logs/$name.log" 2>&1 9>&- &
   echo $! > "$STATE/pids/$name.pid"
   log "started $name (pid $!)"
 }
@@ -428,6 +521,7 @@ cmd_up() {
   local t0=$SECONDS
   ensure_host_tools
   stamp_matches || cmd_build
+  [[ "$WITH_LWS" != 1 ]] || lws_stamp_matches || cmd_build_lws
   mkdir -p "$STATE"/{pids,logs}
   exec 9> "$STATE/lock"
   flock -w 120 9 || die "another 'cluster.sh up/down' holds $STATE/lock"
@@ -441,7 +535,9 @@ cmd_up() {
     stop_all
   fi
   local p
-  for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT"; do
+  local ports=("$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT")
+  [[ "$WITH_LWS" == 1 ]] && ports+=("$LWS_WEBHOOK_PORT" "$LWS_HEALTH_PORT")
+  for p in "${ports[@]}"; do
     port_in_use "$p" && die "port 127.0.0.1:$p is already in use; free it or override XW_*_PORT (see hack/cluster.sh header)"
   done
   gen_pki
@@ -505,8 +601,117 @@ cmd_up() {
   kctl apply -f "$HERE/cluster/kwok-nodes.yaml" >/dev/null || { stop_all; die "could not create kwok nodes"; }
   wait_for "kwok nodes Ready" 60 nodes_ready || { stop_all; die "kwok nodes did not become Ready"; }
   wait_for "default ServiceAccount" 60 kctl get serviceaccount default -n default || { stop_all; die "no default ServiceAccount"; }
+  if [[ "$WITH_LWS" == 1 ]]; then
+    start_lws || { stop_all; die "LeaderWorkerSet controller did not start (log: $STATE/logs/lws-controller.log)"; }
+  fi
   log "cluster up in $((SECONDS - t0))s; state $STATE; audit log $AUDIT_LOG"
   print_env
+}
+
+
+# ---------------------------------------------------------------------------------------------- LWS up
+
+# The LWS manager normally runs in-cluster behind a Service and rotates its own webhook certificate
+# (internalCertManagement). Here it runs on the host: cert management is off, it serves its webhooks on
+# 127.0.0.1 with a certificate from this cluster's CA, and the webhook configurations point the API
+# server at that address (clientConfig.url + caBundle). The webhooks are kept, not disabled: the pod
+# webhook is what labels group/worker indices, injects LWS_LEADER_ADDRESS/LWS_GROUP_SIZE/LWS_WORKER_INDEX
+# and applies exclusive placement -- without it the controller's groups would not work.
+write_lws_config() {
+  cat > "$STATE/lws-config.yaml" <<EOF
+apiVersion: config.lws.x-k8s.io/v1alpha1
+kind: Configuration
+leaderElection:
+  leaderElect: false
+health:
+  healthProbeBindAddress: 127.0.0.1:$LWS_HEALTH_PORT
+metrics:
+  bindAddress: "0"
+webhook:
+  host: 127.0.0.1
+  port: $LWS_WEBHOOK_PORT
+  certDir: $STATE/lws-certs
+internalCertManagement:
+  enable: false
+EOF
+  mkdir -p "$STATE/lws-certs"
+  install -m 600 "$STATE/pki/lws-webhook.crt" "$STATE/lws-certs/tls.crt"
+  install -m 600 "$STATE/pki/lws-webhook.key" "$STATE/lws-certs/tls.key"
+}
+
+# Same webhooks, rules and object selectors as the module's kustomize output (config/webhook/ +
+# its patches), with the Service reference replaced by the loopback URL.
+lws_webhook_configs() {
+  local ca url="https://127.0.0.1:$LWS_WEBHOOK_PORT"
+  ca="$(base64 -w0 < "$STATE/pki/ca.crt")"
+  local pods_only='    objectSelector:
+      matchExpressions:
+      - key: leaderworkerset.sigs.k8s.io/name
+        operator: Exists'
+  cat <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: lws-mutating-webhook-configuration
+webhooks:
+  - name: mleaderworkerset.kb.io
+    admissionReviewVersions: [v1]
+    clientConfig: {url: "$url/mutate-leaderworkerset-x-k8s-io-v1-leaderworkerset", caBundle: "$ca"}
+    failurePolicy: Fail
+    sideEffects: None
+    rules: [{apiGroups: [leaderworkerset.x-k8s.io], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [leaderworkersets]}]
+  - name: mpod.kb.io
+    admissionReviewVersions: [v1]
+    clientConfig: {url: "$url/mutate--v1-pod", caBundle: "$ca"}
+    failurePolicy: Fail
+    sideEffects: None
+$pods_only
+    rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: lws-validating-webhook-configuration
+webhooks:
+  - name: vleaderworkerset.kb.io
+    admissionReviewVersions: [v1]
+    clientConfig: {url: "$url/validate-leaderworkerset-x-k8s-io-v1-leaderworkerset", caBundle: "$ca"}
+    failurePolicy: Fail
+    sideEffects: None
+    rules: [{apiGroups: [leaderworkerset.x-k8s.io], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [leaderworkersets]}]
+  - name: vpod.kb.io
+    admissionReviewVersions: [v1]
+    clientConfig: {url: "$url/validate--v1-pod", caBundle: "$ca"}
+    failurePolicy: Fail
+    sideEffects: None
+$pods_only
+    rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [pods]}]
+EOF
+}
+
+lws_webhook_serving() {
+  curl -s -o /dev/null --cacert "$STATE/pki/ca.crt" "https://127.0.0.1:$LWS_WEBHOOK_PORT/"
+}
+
+start_lws() {
+  local t0=$SECONDS files="$LWS_ROOT/files"
+  log "installing LeaderWorkerSet ${LWS_VERSION} CRD and RBAC"
+  # Server-side: the CRD (a whole pod template schema, twice) is too large for kubectl's
+  # last-applied-configuration annotation.
+  kctl apply --server-side --field-manager xw-cluster -f "$files/leaderworkerset.x-k8s.io_leaderworkersets.yaml" >/dev/null \
+    || return 1
+  sed 's/^  name: manager-role$/  name: lws-manager-role/' "$files/role.yaml" | kctl apply -f - >/dev/null || return 1
+  kctl create clusterrolebinding lws-manager-rolebinding --clusterrole lws-manager-role --user lws-controller \
+    --dry-run=client -o yaml | kctl apply -f - >/dev/null || return 1
+  kctl wait --for condition=Established --timeout 60s crd/leaderworkersets.leaderworkerset.x-k8s.io >/dev/null || return 1
+  write_kubeconfig "$STATE/lws-controller.kubeconfig" lws-controller lws-controller
+  write_lws_config
+  KUBECONFIG="$STATE/lws-controller.kubeconfig" start_component_bin lws-controller "$LWS_BIN" \
+    --config "$STATE/lws-config.yaml" --zap-devel=false --zap-log-level=info
+  wait_for "lws-controller /readyz" 60 curl -sf "http://127.0.0.1:$LWS_HEALTH_PORT/readyz" || return 1
+  wait_for "lws webhook server on 127.0.0.1:$LWS_WEBHOOK_PORT" 60 lws_webhook_serving || return 1
+  lws_webhook_configs | kctl apply -f - >/dev/null || return 1
+  log "lws-controller ${LWS_VERSION} up, webhooks on https://127.0.0.1:$LWS_WEBHOOK_PORT ($((SECONDS - t0))s)"
 }
 
 stop_all() {
@@ -560,11 +765,12 @@ cmd_status() {
 
 case "${1:-}" in
   build) cmd_build ;;
+  build-lws) cmd_build_lws ;;
   up) cmd_up ;;
   down) cmd_down ;;
   env) print_env ;;
   status) cmd_status ;;
   bin-dir) echo "$BIN_DIR" ;;
   audit-log-path) echo "$AUDIT_LOG" ;;
-  *) echo "usage: $0 build|up|down|env|status|audit-log-path|bin-dir" >&2; exit 2 ;;
+  *) echo "usage: $0 build|build-lws|up|down|env|status|audit-log-path|bin-dir" >&2; exit 2 ;;
 esac
