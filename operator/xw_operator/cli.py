@@ -18,10 +18,11 @@ from xw_operator.crd import crd_yaml
 from xw_operator.devices import DevicesConfig
 from xw_operator.errors import XwError
 from xw_operator.instance import ModelInstance, load_instances
+from xw_operator.multinode import refuse_multi_node_on_docker
 from xw_operator.plan import Plan, resolve
 from xw_operator.policy import Backend
 from xw_operator.render_docker import render_docker
-from xw_operator.render_kubernetes import render_kubernetes
+from xw_operator.render_lws import render_workload
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,10 +47,11 @@ def resolve_for(
 def render_instance_kubernetes(
     instance: ModelInstance, config: DevicesConfig, arch: str | None
 ) -> list[dict[str, Any]]:
-    """The Deployment and Service of one instance (no owner reference: a file has no uid)."""
+    """The Deployment (or, multi-node, LeaderWorkerSet) and Service of one instance (no owner reference:
+    a file has no uid)."""
     plan = resolve_for(instance, config, arch)
     try:
-        return render_kubernetes(instance, plan)
+        return render_workload(instance, plan)
     except XwError as exc:
         raise type(exc)(f"ModelInstance {instance.name}: {exc}", reason=exc.reason) from None
 
@@ -58,6 +60,7 @@ def render_instance_docker(
     instance: ModelInstance, config: DevicesConfig, arch: str | None, server_name: str
 ) -> dict[str, Any]:
     """What `xw run` would create, except the host port when spec.port is not given (run picks it)."""
+    refuse_multi_node_on_docker(instance.spec.devices.nodes, f"ModelInstance {instance.name}")
     plan = resolve_for(instance, config, arch, "docker")
     # Docker mode backs an engine's work directory with <state dir>/work/<instance> (xw run creates it).
     state = os.path.expanduser(os.environ.get("XW_STATE_DIR") or "~/.xw")
@@ -142,6 +145,13 @@ for _command in DOCKER_COMMANDS:
     help="Liveness endpoint URL; an empty string disables it.",
 )
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
+@click.option(
+    "--multi-node",
+    is_flag=True,
+    envvar="XW_MULTI_NODE",
+    help="Serve multi-node instances (spec.devices.nodes > 1) as LeaderWorkerSets: needs the LWS CRD and "
+    "controller and RBAC on leaderworkersets. Without it such instances are Failed (MultiNodeDisabled).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
 def operator_command(
@@ -151,9 +161,11 @@ def operator_command(
     devices_configmap: str | None,
     liveness: str,
     json_logs: bool,
+    multi_node: bool,
     verbose: bool,
 ) -> None:
-    """Run the Kubernetes operator: reconcile ModelInstances into Deployments and Services."""
+    """Run the Kubernetes operator: reconcile ModelInstances into Deployments (or LeaderWorkerSets) and
+    Services."""
     if namespaces and all_namespaces:
         raise XwError("give --namespace or --all-namespaces, not both")
     from xw_operator.k8s.runner import run_operator  # kopf is heavy; only this command needs it
@@ -166,6 +178,7 @@ def operator_command(
         liveness=liveness,
         json_logs=json_logs,
         verbose=verbose,
+        multi_node=multi_node,
     )
 
 

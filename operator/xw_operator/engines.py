@@ -241,6 +241,9 @@ class EngineContext:
     sandbox_env: tuple[str, ...] = ()  # variables the device sandbox sets (tuned env never replaces them)
     model_id: str | None = None
     image: str = ""
+    # spec.parallelism after the API's defaults (tensor = devices per node, pipeline = nodes).
+    tensor_parallel: int | None = None
+    pipeline_parallel: int = 1
 
 
 @dataclass(frozen=True)
@@ -334,8 +337,8 @@ def _values(defn: EngineDefinition, ctx: EngineContext) -> dict[str, str | None]
     tuned = dict(ctx.tuned)
     overrides, _ = take_overrides(ctx.user_args, defn.overridable)
     values: dict[str, str | None] = {k: v for k, v in tuned.items()}
-    tp = overrides.get("tensor_parallel_size") or str(ctx.device_count)
-    pp = overrides.get("pipeline_parallel_size") or "1"
+    tp = overrides.get("tensor_parallel_size") or str(ctx.tensor_parallel or ctx.device_count)
+    pp = overrides.get("pipeline_parallel_size") or str(ctx.pipeline_parallel)
     values.update(
         {
             "model_path": ctx.model_path,
@@ -344,7 +347,8 @@ def _values(defn: EngineDefinition, ctx: EngineContext) -> dict[str, str | None]
             "revision": ctx.revision,
             "device_count": str(ctx.device_count),
             "tensor_parallel_size": tp,
-            "pipeline_parallel_size": pp,
+            # No value at 1: an argument group naming it (vllm's --pipeline-parallel-size) is left out then.
+            "pipeline_parallel_size": None if pp == "1" else pp,
             "world_size": str(int(tp) * int(pp)) if tp.isdigit() and pp.isdigit() else tp,
             "port": str(defn.port),
             "work_dir": defn.work_dir,

@@ -42,6 +42,8 @@ QUANTITY_PATTERN = (
 )
 CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 MAX_DEVICES = 1024
+# Nodes per replica (one LeaderWorkerSet group): 64 x 16 accelerators covers today's largest deployments.
+MAX_NODES = 64
 
 # Messages shared by the Python validators and the CRD's CEL rules, so both paths say the same thing.
 MSG_SOURCE_OR_CATALOG = "set model.source (hostPath, pvc or huggingFace) or model.catalog (a models.yaml id)"
@@ -52,6 +54,11 @@ MSG_SUBPATH_RELATIVE = "must be a relative path without '..' elements"
 MSG_RESOURCE_KEYS = (
     "only cpu, memory, ephemeral-storage and hugepages-* may be set; accelerators come from spec.devices"
 )
+MSG_PARALLELISM = (
+    "parallelism.tensor x parallelism.pipeline must equal devices.count x devices.nodes (every accelerator "
+    "of a replica is used once); a size set alone must divide devices.count x devices.nodes"
+)
+MSG_TOPOLOGY_SINGLE = "devices.topologyKey applies to multi-node instances only (devices.nodes > 1)"
 MSG_NAME = (
     "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, "
     "at most 63 characters): it names the Service"
@@ -271,7 +278,28 @@ class DevicesSpec(ApiModel):
         description="Chip profile: a config_key or variant_key of devices.yaml, e.g. ascend-910b.",
     )
     count: int = Field(
-        1, ge=1, le=MAX_DEVICES, description="Accelerators per replica; tensor parallel size defaults to it."
+        1,
+        ge=1,
+        le=MAX_DEVICES,
+        description="Accelerators per node (per replica when nodes is 1); at most what one host of the chip "
+        "has. The tensor parallel size defaults to it.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Nodes per replica, each with `count` accelerators (default 1). Above 1 a replica is a "
+        "LeaderWorkerSet group (sigs.k8s.io/lws, its controller must be installed): one leader pod, which "
+        "serves the endpoint, and nodes-1 worker pods, each on its own node; the group is scheduled, "
+        "restarted and scaled as a unit. The pipeline parallel size defaults to it. Kubernetes only.",
+    )
+    topology_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=316,
+        pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
+        description="Multi-node only: a node label key (e.g. a rack or switch label, or "
+        "topology.kubernetes.io/zone); all pods of one group land on nodes with the same value of it.",
     )
     indices: list[int] | None = Field(
         None,
@@ -291,6 +319,44 @@ class DevicesSpec(ApiModel):
             if any(i < 0 for i in self.indices):
                 raise ValueError("indices must be >= 0")
         return self
+
+
+class ParallelismSpec(ApiModel):
+    """How the engine splits the model over a replica's accelerators (devices.count x devices.nodes)."""
+
+    tensor: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_DEVICES * MAX_NODES,
+        description="Tensor parallel size. Default: devices.count (or the accelerators of a replica divided "
+        "by pipeline, when only pipeline is set).",
+    )
+    pipeline: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_DEVICES * MAX_NODES,
+        description="Pipeline parallel size. Default: devices.nodes (or the accelerators of a replica divided "
+        "by tensor, when only tensor is set).",
+    )
+
+
+def parallel_sizes(devices: DevicesSpec, parallelism: ParallelismSpec | None) -> tuple[int, int]:
+    """(tensor, pipeline) for a replica: tensor within a node, pipeline across nodes unless set.
+
+    The defaults follow vLLM's multi-node guidance (tensor parallel inside a node, pipeline parallel
+    across nodes); either size may be given, and a size given alone fixes the other.
+    """
+    world = devices.count * devices.nodes
+    tensor = parallelism.tensor if parallelism else None
+    pipeline = parallelism.pipeline if parallelism else None
+    if tensor is None and pipeline is None:
+        return devices.count, devices.nodes
+    if tensor is None:
+        assert pipeline is not None
+        return world // pipeline, pipeline
+    if pipeline is None:
+        return tensor, world // tensor
+    return tensor, pipeline
 
 
 class SecretKeyRef(ApiModel):
@@ -390,12 +456,36 @@ class Toleration(ApiModel):
         return self
 
 
+_WORLD_CEL = "self.devices.count * self.devices.nodes"
+_PARALLELISM_CEL = (
+    "!has(self.parallelism) || ("
+    "has(self.parallelism.tensor) && has(self.parallelism.pipeline) "
+    f"? self.parallelism.tensor * self.parallelism.pipeline == {_WORLD_CEL} "
+    f": (has(self.parallelism.tensor) ? ({_WORLD_CEL}) % self.parallelism.tensor == 0 "
+    f": (!has(self.parallelism.pipeline) || ({_WORLD_CEL}) % self.parallelism.pipeline == 0)))"
+)
+
+
 class ModelInstanceSpec(ApiModel):
     """The desired state: one model served by an engine on a chip profile, behind one endpoint."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(_PARALLELISM_CEL, MSG_PARALLELISM, ".parallelism"),
+                _cel("!has(self.devices.topologyKey) || self.devices.nodes > 1", MSG_TOPOLOGY_SINGLE, ".devices"),
+            ]
+        }
+    )
+
     model: ModelSpec = Field(description="The model to serve.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="The inference engine.")
-    devices: DevicesSpec = Field(description="Which accelerators and how many per replica.")
+    devices: DevicesSpec = Field(description="Which accelerators, how many per node and how many nodes per replica.")
+    parallelism: ParallelismSpec | None = Field(
+        None,
+        description="Tensor and pipeline parallel sizes; their product is devices.count x devices.nodes. "
+        "Default: tensor = devices.count, pipeline = devices.nodes.",
+    )
     replicas: int = Field(1, ge=0, le=1000, description="Number of engine replicas (Kubernetes).")
     port: int = Field(8000, ge=1, le=65535, description="Service port (Kubernetes) or host port (Docker).")
     strategy: Literal["Recreate", "RollingUpdate"] = Field(
@@ -430,6 +520,35 @@ class ModelInstanceSpec(ApiModel):
         "'api-key'); reaches the engine as an environment variable from the Secret, never inlined.",
     )
     probes: ProbeSpec = Field(default_factory=ProbeSpec, description="Health probe tuning.")
+
+    @model_validator(mode="after")
+    def _parallelism_covers_devices(self) -> ModelInstanceSpec:
+        world = self.devices.count * self.devices.nodes
+        p = self.parallelism
+        if p is not None:
+            tensor, pipeline = p.tensor, p.pipeline
+            ok = (
+                tensor * pipeline == world
+                if tensor is not None and pipeline is not None
+                else world % (tensor or pipeline or 1) == 0
+            )
+            if not ok:
+                raise ValueError(
+                    f"{MSG_PARALLELISM} (tensor={tensor}, pipeline={pipeline}, "
+                    f"count x nodes = {self.devices.count} x {self.devices.nodes} = {world})"
+                )
+        if self.devices.topology_key is not None and self.devices.nodes == 1:
+            raise ValueError(MSG_TOPOLOGY_SINGLE)
+        return self
+
+    @property
+    def multi_node(self) -> bool:
+        return self.devices.nodes > 1
+
+    @property
+    def parallel_sizes(self) -> tuple[int, int]:
+        """(tensor, pipeline) parallel sizes after defaults."""
+        return parallel_sizes(self.devices, self.parallelism)
 
 
 class StatusModel(BaseModel):

@@ -76,7 +76,7 @@ class Resolved:
     image: str
     command: tuple[str, ...] | None
     args: tuple[str, ...]
-    device_count: int
+    device_count: int  # accelerators per node
     volumes: tuple[VolumeSpec, ...]
     privileged: bool
     capabilities: tuple[str, ...]
@@ -103,6 +103,11 @@ class Resolved:
     work_dir: str | None = None
     engine_definition: str = ""
     recipe: str | None = None  # the runtime_params.yaml template applied (a catalog model), if any
+    # Nodes per replica (spec.devices.nodes); above 1 the Kubernetes rendering is a LeaderWorkerSet.
+    nodes: int = 1
+    # (tensor, pipeline) parallel sizes after the API's defaults; devices.yaml vendor_name in lower case.
+    parallel_sizes: tuple[int, int] = (1, 1)
+    vendor: str = ""
 
     @property
     def model_source(self) -> SourceKind:
@@ -161,7 +166,10 @@ def check_devices(chip: str, count: int, capacity: int | None, indices: Sequence
     exist on it. :func:`resolve` calls it with ``spec.devices.indices`` (before anything is pulled or
     locked); :meth:`Profile.bind` with the indices it binds."""
     if capacity is not None and count > capacity:
-        raise ResolveError(f"spec.devices.count is {count} but chip {chip} has {capacity} devices per host")
+        raise ResolveError(
+            f"spec.devices.count is {count} but chip {chip} has {capacity} devices per host; "
+            "spread a larger replica over several hosts with spec.devices.nodes (count is per node)"
+        )
     if indices is None:
         return
     if len(indices) != count:
@@ -222,6 +230,8 @@ def resolve(
             sandbox_env=tuple(sandbox.environment(())),
             model_id=spec.model.catalog,
             image=image,
+            tensor_parallel=spec.parallel_sizes[0],
+            pipeline_parallel=spec.parallel_sizes[1],
         ),
         config.engines,
     )
@@ -268,6 +278,9 @@ def resolve(
         requested_indices=requested,
         sandbox=sandbox,
         chip_model=ref.chip if ref is not None else None,
+        nodes=spec.devices.nodes,
+        parallel_sizes=spec.parallel_sizes,
+        vendor=ref.vendor.vendor_name.lower() if ref is not None else "",
     )
 
 

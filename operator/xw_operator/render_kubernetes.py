@@ -124,12 +124,26 @@ def _deployment(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
             "strategy": _strategy(instance),
             "progressDeadlineSeconds": startup + PROGRESS_MARGIN_SECONDS,
             "revisionHistoryLimit": 3,
-            "template": {
-                "metadata": {"labels": _pod_labels(instance, plan)},
-                "spec": _pod_spec(instance, plan),
-            },
+            "template": pod_template(instance, plan),
         },
     }
+
+
+def pod_template(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
+    """The engine pod (labels + spec) with the chip's whole sandbox: the Deployment's template, and the
+    base of both LeaderWorkerSet templates (:mod:`xw_operator.render_lws`), so every pod of an instance
+    gets the same devices, driver mounts, shm, capabilities and hardening."""
+    return {"metadata": {"labels": _pod_labels(instance, plan)}, "spec": _pod_spec(instance, plan)}
+
+
+def service(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
+    """The instance's Service (``<name>``, port ``spec.port`` -> the engine's ``http`` port)."""
+    return _service(instance, plan)
+
+
+def owned_metadata(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
+    """name, namespace, the instance's labels and its controller owner reference (when it has a uid)."""
+    return _metadata(instance, plan)
 
 
 def _pod_spec(instance: ModelInstance, plan: Plan) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import docker
 from xw_operator.devices import DevicesConfig
 from xw_operator.errors import XwError
 from xw_operator.instance import ModelInstance
+from xw_operator.multinode import refuse_multi_node_on_docker
 from xw_operator.plan import Profile, resolve
 from xw_operator.render_docker import (
     LABEL_ALIAS,
@@ -312,6 +313,7 @@ class DockerRuntime:
 
     def prepare(self, instance: ModelInstance) -> Profile:
         """Checks that need no lock: the instance resolves for this host and its model source works here."""
+        refuse_multi_node_on_docker(instance.spec.devices.nodes, f"ModelInstance {instance.name}")
         try:  # a catalog instance is completed from its recipe inside resolve (count, engine, source)
             profile = resolve(instance, self.config, arch=self.arch, backend="docker")
         except XwError as exc:

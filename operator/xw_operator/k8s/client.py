@@ -51,7 +51,13 @@ def object_path(api_version: str, plural: str, namespace: str | None, name: str 
     return path + (f"/{quote(name)}" if name else "")
 
 
-PLURALS = {"Deployment": "deployments", "Service": "services", "Pod": "pods", "ConfigMap": "configmaps"}
+PLURALS = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "Pod": "pods",
+    "ConfigMap": "configmaps",
+    "LeaderWorkerSet": "leaderworkersets",
+}
 
 
 def path_of(obj: Obj) -> str:

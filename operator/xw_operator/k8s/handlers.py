@@ -38,8 +38,13 @@ def _owner(body: Mapping[str, Any]) -> tuple[str, str] | None:
     return (meta["namespace"], name) if name and meta.get("namespace") else None
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, store: ConfigStore) -> None:
-    """Register every handler on ``registry`` (no module-level globals: tests can build several)."""
+def register(
+    registry: kopf.OperatorRegistry, reconciler: Reconciler, store: ConfigStore, *, multi_node: bool = False
+) -> None:
+    """Register every handler on ``registry`` (no module-level globals: tests can build several).
+
+    ``multi_node`` adds the LeaderWorkerSet watch: only then, so an operator without multi-node support
+    needs neither the LWS CRD nor RBAC on it."""
     selector: dict[str, str] = {MANAGED_BY_KEY: MANAGED_BY}
 
     @kopf.on.login(registry=registry)
@@ -88,6 +93,12 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, store: Con
         except ApiError as exc:
             # The next event of this child (or the instance) recomputes status from scratch.
             log.warning("reconcile/status refresh of %s/%s failed: %s", *owner, exc)
+
+    if multi_node:
+        from xw_operator.render_lws import LWS_API_VERSION, LWS_PLURAL
+
+        group, version = LWS_API_VERSION.split("/")
+        kopf.on.event(group, version, LWS_PLURAL, labels=selector, registry=registry)(child_changed)
 
     @kopf.on.probe(id="devicesConfig", registry=registry)
     def devices_config(**_: Any) -> dict[str, Any]:

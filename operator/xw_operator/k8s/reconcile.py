@@ -36,13 +36,16 @@ from xw_operator.k8s.ownership import (
     withdraw_workload,
 )
 from xw_operator.k8s.status import Failure, Observed, compute_status, status_differs, status_patch
+from xw_operator.k8s.status_groups import observe_groups
 from xw_operator.labels import MODEL_INSTANCE_KEY, is_bookkeeping_annotation
 from xw_operator.plan import Plan, resolve
-from xw_operator.render_kubernetes import endpoint, render_kubernetes
+from xw_operator.render_kubernetes import endpoint
+from xw_operator.render_lws import render_workload
 
 log = logging.getLogger(__name__)
 
 SPEC_HASH_ANNOTATION = "xw.dev/spec-hash"
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 API_VERSION = f"{GROUP}/{VERSION}"
 
 Obj = dict[str, Any]
@@ -66,7 +69,8 @@ class Desired:
 
     @property
     def deployment(self) -> Obj:
-        return next(c for c in self.children if c["kind"] == "Deployment")
+        """The workload: a Deployment, or a LeaderWorkerSet for a multi-node instance."""
+        return next(c for c in self.children if c["kind"] in WORKLOAD_KINDS)
 
     @property
     def endpoint(self) -> str:
@@ -109,14 +113,24 @@ def classify_failure(exc: XwError) -> Failure:
     return Failure(exc.reason, revocation_message(exc.reason, str(exc)))
 
 
-def desired_state(body: Mapping[str, Any], config: DevicesConfig) -> Desired:
-    """Parse, resolve and render; every bad-input error becomes :class:`InvalidSpec`."""
+def desired_state(body: Mapping[str, Any], config: DevicesConfig, *, multi_node: bool = True) -> Desired:
+    """Parse, resolve and render; every bad-input error becomes :class:`InvalidSpec`.
+
+    ``multi_node=False`` (an operator started without ``--multi-node``) refuses instances that need a
+    LeaderWorkerSet, which that operator may neither write nor watch."""
     meta = body.get("metadata", {})
     where = f"ModelInstance {meta.get('namespace')}/{meta.get('name')}"
     try:
         instance = parse_instance(dict(body), source=where)
+        if instance.spec.devices.nodes > 1 and not multi_node:
+            raise XwError(
+                f"spec.devices.nodes is {instance.spec.devices.nodes} but this operator runs without multi-node "
+                "support; an administrator enables it (Helm value multiNode.enabled, LeaderWorkerSet "
+                "controller installed), or use nodes: 1",
+                reason="MultiNodeDisabled",
+            )
         plan = resolve(instance, config).bind(None)  # the device plugin (or the node) picks the chips
-        children = tuple(stamp(obj) for obj in render_kubernetes(instance, plan))
+        children = tuple(stamp(obj) for obj in render_workload(instance, plan))
     except XwError as exc:
         raise InvalidSpec(classify_failure(exc)) from None
     return Desired(instance, plan, children)
@@ -212,8 +226,9 @@ def _path(obj: Mapping[str, Any]) -> str:
 class Reconciler:
     """The operator's behaviour, independent of kopf: handlers and the config watcher call these."""
 
-    def __init__(self, api: KubeApi, config_source: Any) -> None:
+    def __init__(self, api: KubeApi, config_source: Any, *, multi_node: bool = False) -> None:
         self.api = api
+        self.multi_node = multi_node
         self.config_source = config_source  # anything with a ``.current`` DevicesConfig
         self.locks = InstanceLocks()
         # Generation of each child after our last apply (or first sight); see apply_children.
@@ -231,7 +246,7 @@ class Reconciler:
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return []
             try:
-                desired = desired_state(body, self.config)
+                desired = desired_state(body, self.config, multi_node=self.multi_node)
             except InvalidSpec as exc:
                 withdrawn = withdraw_workload(self.api, body, exc.failure.reason, SPEC_HASH_ANNOTATION)  # revocation
                 if withdrawn is not None and (gen := generation_of(withdrawn)) is not None:
@@ -267,7 +282,7 @@ class Reconciler:
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
             try:
-                desired: Desired | None = desired_state(body, self.config)
+                desired: Desired | None = desired_state(body, self.config, multi_node=self.multi_node)
                 failure = None
             except InvalidSpec as exc:
                 desired, failure = None, exc.failure
@@ -292,6 +307,7 @@ class Reconciler:
         want = desired.deployment
         dep = self.api.get(_path(want))
         pods = self.api.list(object_path("v1", "pods", namespace), label_selector=f"{MODEL_INSTANCE_KEY}={name}")
+        groups = observe_groups(desired.plan, want, dep, desired.instance.spec.replicas, pods)
         return Observed(
             generation=generation,
             desired_replicas=desired.instance.spec.replicas,
@@ -301,6 +317,8 @@ class Reconciler:
             pods=pods,
             children_current=is_current(want, dep),
             previous=previous,
+            complete=groups.complete if groups else None,
+            problems=groups.problems if groups else None,
         )
 
     def _write_status(self, body: Obj, observed: Observed) -> None:

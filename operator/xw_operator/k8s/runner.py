@@ -50,6 +50,7 @@ def operator_settings() -> kopf.OperatorSettings:
     selector = f"{MANAGED_BY_KEY}={MANAGED_BY}"
     settings.watching.label_selectors["deployments"] = selector
     settings.watching.label_selectors["pods"] = selector
+    settings.watching.label_selectors["leaderworkersets"] = selector
     settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     # Resource discovery once at start-up: no list/watch of CRDs or namespaces needed (least privilege).
@@ -129,6 +130,7 @@ def run_operator(
     liveness: str | None = DEFAULT_LIVENESS,
     json_logs: bool = False,
     verbose: bool = False,
+    multi_node: bool = False,
 ) -> None:
     """Run until SIGTERM/SIGINT. Raises ConfigError when the initial devices.yaml is unusable."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
@@ -143,9 +145,9 @@ def run_operator(
         len(store.state.chips),
         "all namespaces" if clusterwide else ", ".join(namespaces),
     )
-    reconciler = Reconciler(api, store)
+    reconciler = Reconciler(api, store, multi_node=multi_node)
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, store)
+    register(registry, reconciler, store, multi_node=multi_node)
     reactions = ConfigReactions(api, reconciler, source, namespaces, clusterwide)
     watcher = ConfigWatcher(
         store, interval=CONFIG_POLL_SECONDS, on_change=reactions.on_change, on_error=reactions.on_error

@@ -70,6 +70,10 @@ class Observed:
     # The live children carry the spec hash of the current rendering (the operator applied this generation).
     children_current: bool = False
     previous: Obj = field(default_factory=dict)
+    # Multi-node (LeaderWorkerSet) instances: ``deployment`` holds the LeaderWorkerSet and these replace
+    # the Deployment-specific rollout check and problem list (see k8s/status_groups.py).
+    complete: bool | None = None
+    problems: Sequence[Problem] | None = None
 
 
 def _get(obj: Obj | None, *path: str, default: Any = None) -> Any:
@@ -180,8 +184,8 @@ def compute_status(obs: Observed, *, now: str) -> dict[str, Any]:
         ]
     else:
         observed_generation = obs.generation
-        problems = deployment_problems(dep) + pod_problems(obs.pods)
-        complete = rollout_complete(dep, desired)
+        problems = list(obs.problems) if obs.problems is not None else deployment_problems(dep) + pod_problems(obs.pods)
+        complete = obs.complete if obs.complete is not None else rollout_complete(dep, desired)
         problem = _summarise(problems) if problems else None
         degraded = (
             _cond(COND_DEGRADED, True, problem.reason, problem.message)

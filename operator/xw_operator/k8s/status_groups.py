@@ -1,0 +1,116 @@
+"""Status of a multi-node instance from its LeaderWorkerSet and pods, by group. Pure: no I/O.
+
+A replica of a multi-node instance is a group (one leader + workers). What a user needs to see is per
+group: how many groups serve, why a group cannot be placed (the scheduler's message for its pending pods,
+prefixed with what the group needs: "group 0 needs 2 nodes with 8 free huawei.com/Ascend910"), and a
+worker that crashes (which makes the instance Degraded: LWS recreates the whole group, so one bad worker
+takes its group's leader down with it). :func:`compute_status` then derives phase and conditions exactly
+as for a Deployment, from :func:`group_observation`'s completeness and problems.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xw_operator.k8s.status import Problem, pod_problems
+from xw_operator.plan import Plan
+
+GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GroupNeeds:
+    """What every group asks the scheduler for: ``nodes`` nodes with ``count`` free ``resource`` each."""
+
+    nodes: int
+    count: int
+    resource: str | None  # the device plugin's resource; None in host-device mode
+
+    def describe(self) -> str:
+        what = f"{self.count} free {self.resource}" if self.resource else f"the chip's {self.count} devices"
+        return f"needs {self.nodes} nodes with {what}"
+
+
+@dataclass(frozen=True)
+class GroupObservation:
+    complete: bool
+    problems: tuple[Problem, ...]
+
+
+def _get(obj: Obj | None, *path: str, default: Any = None) -> Any:
+    cur: Any = obj
+    for key in path:
+        if not isinstance(cur, Mapping) or key not in cur:
+            return default
+        cur = cur[key]
+    return cur
+
+
+def _condition_true(obj: Obj | None, ctype: str) -> bool:
+    conditions = _get(obj, "status", "conditions", default=[]) or []
+    return any(c.get("type") == ctype and c.get("status") == "True" for c in conditions)
+
+
+def _pod_ready(pod: Obj) -> bool:
+    return not _get(pod, "metadata", "deletionTimestamp") and _condition_true(pod, "Ready")
+
+
+def _group_of(pod: Obj) -> str:
+    return str(_get(pod, "metadata", "labels", GROUP_INDEX_LABEL, default="?"))
+
+
+def lws_complete(lws: Obj, desired: int, pods: Sequence[Obj], nodes: int) -> bool:
+    """Every group is updated and ready, as the LWS controller reports it and as the pods show.
+
+    A LeaderWorkerSet has no ``status.observedGeneration``, so its own counters can be stale right
+    after a change; requiring the ready pods to be exactly ``desired x nodes`` and none terminating
+    closes most of that window (a scale-up or -down is seen at once).
+    """
+    status = _get(lws, "status", default={}) or {}
+    live = [p for p in pods if not _get(p, "metadata", "deletionTimestamp")]
+    if desired == 0:
+        return not live
+    return bool(
+        _condition_true(lws, "Available")
+        and status.get("readyReplicas", 0) == desired
+        and status.get("updatedReplicas", 0) == desired
+        and len(live) == desired * nodes
+        and all(_pod_ready(p) for p in live)
+    )
+
+
+def group_problems(pods: Sequence[Obj], needs: GroupNeeds) -> list[Problem]:
+    """Problems of the pods, grouped: an unplaceable group names what it needs and the scheduler's reason."""
+    by_group: dict[str, list[Obj]] = defaultdict(list)
+    for pod in pods:
+        by_group[_group_of(pod)].append(pod)
+    problems: list[Problem] = []
+    for group in sorted(by_group, key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g)):
+        for problem in pod_problems(by_group[group]):
+            if problem.reason == "Unschedulable":
+                problems.append(Problem(problem.reason, f"group {group} {needs.describe()}; {problem.message}"))
+            else:
+                problems.append(Problem(problem.reason, f"group {group}: {problem.message}"))
+    return problems
+
+
+def group_observation(lws: Obj | None, desired: int, pods: Sequence[Obj], needs: GroupNeeds) -> GroupObservation:
+    if lws is None:
+        return GroupObservation(False, ())
+    return GroupObservation(lws_complete(lws, desired, pods, needs.nodes), tuple(group_problems(pods, needs)))
+
+
+def observe_groups(
+    plan: Plan, want: Obj, live: Obj | None, desired: int, pods: Sequence[Obj]
+) -> GroupObservation | None:
+    """The group view of a multi-node instance's live LeaderWorkerSet; None for a Deployment."""
+    if want.get("kind") != "LeaderWorkerSet":
+        return None
+    resource = plan.kubernetes.resource_name if plan.kubernetes else None
+    return group_observation(live, desired, pods, GroupNeeds(plan.nodes, plan.device_count, resource))
