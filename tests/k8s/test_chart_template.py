@@ -35,6 +35,11 @@ WORKLOAD_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
+LWS_RULE = {
+    "apiGroups": ["leaderworkerset.x-k8s.io"],
+    "resources": ["leaderworkersets"],
+    "verbs": ["get", "list", "watch", "create", "patch"],
+}
 CONFIGMAP_NAME = f"{RELEASE}-xw-operator-devices"
 CONFIG_RULES = [
     {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CONFIGMAP_NAME], "verbs": ["get"]},
@@ -326,6 +331,22 @@ def test_watch_namespaces_gives_one_role_per_namespace_and_no_cluster_rights(hel
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
 
 
+def test_multi_node_adds_exactly_the_leaderworkerset_rule_and_the_flag(helm: str) -> None:
+    """Least privilege: no rule on leaderworkersets (and no --multi-node) unless multiNode.enabled."""
+    default = render(helm)
+    assert "--multi-node" not in container(default)["args"]
+    assert all(
+        "leaderworkersets" not in r["resources"] for o in default if o["kind"].endswith("Role") for r in o["rules"]
+    )
+    enabled = render(helm, "--set", "multiNode.enabled=true")
+    assert one(enabled, "ClusterRole")["rules"] == [*WORKLOAD_RULES, LWS_RULE]
+    assert container(enabled)["args"][-1] == "--multi-node"
+    scoped = render(helm, "--set", "multiNode.enabled=true", "--set", "watchNamespaces={team-a}")
+    role = next(r for r in by_kind(scoped, "Role") if r["metadata"]["namespace"] == "team-a")
+    assert role["rules"] == [*WORKLOAD_RULES, LWS_RULE]
+    assert by_kind(scoped, "ClusterRole") == []
+
+
 def test_install_crds_false_renders_no_crd(helm: str) -> None:
     assert by_kind(render(helm, "--set", "installCRDs=false"), "CustomResourceDefinition") == []
 
@@ -430,6 +451,7 @@ def test_rbac_create_false_renders_no_rbac(helm: str) -> None:
         (["--set", "logFormat=xml"], "logFormat"),
         (["--set", "livenessPort=80"], "livenessPort"),
         (["--set", "installCRDs=maybe"], "installCRDs"),
+        (["--set", "multiNode.enable=true"], "additional properties 'enable' not allowed"),
         (["--set", "resources.requests.memory=lots"], "memory"),
         (["--set", "tolerations[0].operator=Maybe"], "operator"),
         (["--set", "devicesConfig=version: [unclosed"], "values.devicesConfig is not a YAML mapping"),

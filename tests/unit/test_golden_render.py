@@ -32,3 +32,18 @@ def test_single_node_sample_renders_as_golden(sample: Path) -> None:
     assert result.stdout == golden.read_text()
     kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
     assert kinds == ["Deployment", "Service"]
+
+
+MULTI_NODE_SAMPLES = sorted((REPO / "configs" / "samples" / "multi-node").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sample", MULTI_NODE_SAMPLES, ids=[s.stem for s in MULTI_NODE_SAMPLES])
+def test_multi_node_sample_renders_a_leaderworkerset_as_golden(sample: Path) -> None:
+    result = CliRunner().invoke(main, ["render", "-f", str(sample)])
+    assert result.exit_code == 0, result.output
+    golden = GOLDEN / f"render-multinode-{sample.stem}.kubernetes.yaml"
+    if os.environ.get("XW_UPDATE_GOLDEN") == "1":
+        golden.write_text(result.stdout)
+    assert result.stdout == golden.read_text()
+    kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
+    assert kinds == ["LeaderWorkerSet", "Service"]
