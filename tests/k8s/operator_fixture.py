@@ -25,6 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 XW = Path(sys.executable).with_name("xw")
 SHIPPED_DEVICES = REPO / "operator" / "xw_operator" / "data" / "devices.yaml"
 CRD = REPO / "crds" / "modelinstances.xw.dev.yaml"
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+
+
+def has_lws(cluster: Any) -> bool:
+    """The cluster serves LeaderWorkerSets (hack/cluster.sh up installs the LWS CRD and controller)."""
+    return cluster.kubectl("get", "crd", LWS_CRD, check=False).returncode == 0
 
 
 def free_port() -> int:
@@ -42,6 +48,8 @@ class OperatorProcess:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # Multi-node support (LeaderWorkerSet watch) whenever the cluster has the LWS CRD.
+        self.multi_node = has_lws(cluster)
 
     @property
     def log_path(self) -> Path:
@@ -64,6 +72,7 @@ class OperatorProcess:
             str(self.devices_path),
             "--liveness",
             self.healthz_url,
+            *(["--multi-node"] if self.multi_node else []),
         ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

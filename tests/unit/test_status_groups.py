@@ -46,6 +46,7 @@ def status_of(live: dict[str, Any] | None, pods: list[dict[str, Any]], desired: 
         children_current=True,
         complete=groups.complete,
         problems=groups.problems,
+        ready_replicas=groups.ready,
     )
     return compute_status(obs, now=NOW)
 
@@ -60,6 +61,14 @@ def test_a_group_with_leader_and_worker_ready_is_ready() -> None:
     status = status_of(lws(), [pod("big-lws-0"), pod("big-lws-0-1")])
     assert status["phase"] == READY and status["readyReplicas"] == 1
     assert ready_condition(status)["reason"] == "AllReplicasReady"
+
+
+def test_ready_groups_come_from_the_pods_not_the_lws_counters() -> None:
+    # Seen with LWS v0.8.0: readyReplicas 1 and Available while a worker of the group was unschedulable.
+    unschedulable = {"status": "False", "reason": "Unschedulable", "message": SCHED}
+    pods = [pod("big-lws-0"), pod("big-lws-0-1", ready=False, scheduled=unschedulable)]
+    status = status_of(lws(ready=1, updated=1, available=True), pods)
+    assert status["readyReplicas"] == 0 and status["phase"] == DEGRADED
 
 
 def test_a_missing_worker_keeps_the_group_progressing_even_if_lws_still_says_available() -> None:

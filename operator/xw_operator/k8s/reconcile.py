@@ -319,6 +319,7 @@ class Reconciler:
             previous=previous,
             complete=groups.complete if groups else None,
             problems=groups.problems if groups else None,
+            ready_replicas=groups.ready if groups else None,
         )
 
     def _write_status(self, body: Obj, observed: Observed) -> None:

@@ -74,6 +74,7 @@ class Observed:
     # the Deployment-specific rollout check and problem list (see k8s/status_groups.py).
     complete: bool | None = None
     problems: Sequence[Problem] | None = None
+    ready_replicas: int | None = None
 
 
 def _get(obj: Obj | None, *path: str, default: Any = None) -> Any:
@@ -162,6 +163,8 @@ def compute_status(obs: Observed, *, now: str) -> dict[str, Any]:
     desired = obs.desired_replicas
     dep = obs.deployment
     ready_replicas = int(_get(dep, "status", "readyReplicas", default=0) or 0) if dep else 0
+    if obs.ready_replicas is not None:
+        ready_replicas = obs.ready_replicas
 
     if obs.failure is not None:
         f = obs.failure

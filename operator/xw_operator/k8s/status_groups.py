@@ -41,6 +41,7 @@ class GroupNeeds:
 class GroupObservation:
     complete: bool
     problems: tuple[Problem, ...]
+    ready: int  # groups whose pods are all Ready
 
 
 def _get(obj: Obj | None, *path: str, default: Any = None) -> Any:
@@ -65,24 +66,31 @@ def _group_of(pod: Obj) -> str:
     return str(_get(pod, "metadata", "labels", GROUP_INDEX_LABEL, default="?"))
 
 
-def lws_complete(lws: Obj, desired: int, pods: Sequence[Obj], nodes: int) -> bool:
-    """Every group is updated and ready, as the LWS controller reports it and as the pods show.
+def ready_groups(pods: Sequence[Obj], nodes: int) -> int:
+    """Groups whose ``nodes`` pods all exist and are Ready, counted from the pods themselves.
 
-    A LeaderWorkerSet has no ``status.observedGeneration``, so its own counters can be stale right
-    after a change; requiring the ready pods to be exactly ``desired x nodes`` and none terminating
-    closes most of that window (a scale-up or -down is seen at once).
+    Not the LeaderWorkerSet's ``status.readyReplicas``: LWS v0.8.0 was seen reporting a group ready
+    (and ``Available``) while its worker StatefulSet had 3 of 4 pods ready and the 4th unschedulable.
     """
-    status = _get(lws, "status", default={}) or {}
+    by_group: dict[str, list[Obj]] = defaultdict(list)
+    for pod in pods:
+        if not _get(pod, "metadata", "deletionTimestamp"):
+            by_group[_group_of(pod)].append(pod)
+    return sum(1 for members in by_group.values() if len(members) == nodes and all(map(_pod_ready, members)))
+
+
+def lws_complete(lws: Obj, desired: int, pods: Sequence[Obj], nodes: int) -> bool:
+    """Every group is rolled out (the LWS controller's updatedReplicas) and ready (its pods show it).
+
+    A LeaderWorkerSet has no ``status.observedGeneration``, so its counters can be stale right after a
+    change; requiring exactly ``desired x nodes`` live pods, all Ready, closes most of that window (a
+    scale-up or -down is seen at once).
+    """
     live = [p for p in pods if not _get(p, "metadata", "deletionTimestamp")]
     if desired == 0:
         return not live
-    return bool(
-        _condition_true(lws, "Available")
-        and status.get("readyReplicas", 0) == desired
-        and status.get("updatedReplicas", 0) == desired
-        and len(live) == desired * nodes
-        and all(_pod_ready(p) for p in live)
-    )
+    updated = int(_get(lws, "status", "updatedReplicas", default=0) or 0)
+    return updated == desired and len(live) == desired * nodes and ready_groups(live, nodes) == desired
 
 
 def group_problems(pods: Sequence[Obj], needs: GroupNeeds) -> list[Problem]:
@@ -102,8 +110,12 @@ def group_problems(pods: Sequence[Obj], needs: GroupNeeds) -> list[Problem]:
 
 def group_observation(lws: Obj | None, desired: int, pods: Sequence[Obj], needs: GroupNeeds) -> GroupObservation:
     if lws is None:
-        return GroupObservation(False, ())
-    return GroupObservation(lws_complete(lws, desired, pods, needs.nodes), tuple(group_problems(pods, needs)))
+        return GroupObservation(False, (), 0)
+    return GroupObservation(
+        lws_complete(lws, desired, pods, needs.nodes),
+        tuple(group_problems(pods, needs)),
+        ready_groups(pods, needs.nodes),
+    )
 
 
 def observe_groups(

@@ -1,0 +1,161 @@
+"""Multi-node instances on the real LeaderWorkerSet controller (hack/cluster.sh up runs it with its
+webhooks) + the real scheduler + kwok's four simulated Ascend 910 nodes (8 NPUs each, racks a and b)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from operator_fixture import OperatorProcess, operator_log_on_failure, xw_operator
+
+__all__ = ["operator_log_on_failure", "xw_operator"]  # fixtures, re-exported for pytest
+
+pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
+
+ROLE = "xw.dev/role"
+GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
+
+
+@pytest.fixture(autouse=True)
+def needs_lws(xw_operator: OperatorProcess) -> None:
+    if not xw_operator.multi_node:
+        pytest.skip("the cluster has no LeaderWorkerSet CRD (hack/cluster.sh up installs it)")
+
+
+def instance(name: str, nodes: int, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "xw.dev/v1alpha1",
+        "kind": "ModelInstance",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "deepseek-ai/DeepSeek-R1", "source": {"hostPath": f"/data/models/{name}"}},
+            "engine": {"name": "vllm", "args": ["--max-model-len=32768"]},
+            "devices": {"chip": "ascend-910b", "count": 8, "nodes": nodes},
+            **spec,
+        },
+    }
+
+
+def kubectl_json(cluster: Any, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def pods_of(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = kubectl_json(cluster, "get", "pods", "-n", ns, "-l", f"xw.dev/model-instance={name}")[
+        "items"
+    ]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def status(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+    proc = cluster.kubectl("get", "mi", name, "-n", ns, "-o", "json", check=False)
+    return dict(json.loads(proc.stdout).get("status") or {}) if proc.returncode == 0 else {}
+
+
+def ready(cluster: Any, ns: str, name: str, replicas: int, nodes: int) -> bool:
+    s = status(cluster, ns, name)
+    running = [p for p in pods_of(cluster, ns, name) if p["status"].get("phase") == "Running"]
+    return s.get("phase") == "Ready" and s.get("readyReplicas") == replicas and len(running) == replicas * nodes
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_two_nodes_of_eight_npus_run_as_one_group_scale_by_groups_and_are_removed_with_the_instance(
+    cluster: Any, namespace: str
+) -> None:
+    name = "dsr1"
+    doc = instance(name, nodes=2, devices={"chip": "ascend-910b", "count": 8, "nodes": 2, "topologyKey": "xw.dev/rack"})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    wait_for("the instance Ready with one group", lambda: ready(cluster, namespace, name, 1, 2))
+
+    lws = kubectl_json(cluster, "get", "leaderworkerset", f"{name}-lws", "-n", namespace)
+    assert lws["spec"]["replicas"] == 1 and lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    assert lws["metadata"]["ownerReferences"][0]["kind"] == "ModelInstance"
+    pods = pods_of(cluster, namespace, name)
+    roles = {p["metadata"]["labels"][ROLE]: p for p in pods}
+    assert set(roles) == {"leader", "worker"}
+    leader, worker = roles["leader"], roles["worker"]
+    assert leader["metadata"]["name"] == f"{name}-lws-0" and worker["metadata"]["name"] == f"{name}-lws-0-1"
+    nodes = {p["spec"]["nodeName"] for p in pods}
+    assert len(nodes) == 2 and all(n.startswith("kwok-ascend910-") for n in nodes), nodes
+
+    for pod in pods:
+        c = pod["spec"]["containers"][0]
+        assert str(c["resources"]["limits"]["huawei.com/Ascend910"]) == "8"
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert {"/dev/shm", "/usr/local/Ascend/driver/lib64/", "/usr/local/dcmi", "/mnt/model"} <= mounts
+        env = env_of(c)
+        # injected by the real LWS pod webhook, placed first so $(LWS_LEADER_ADDRESS) would expand
+        assert env["LWS_LEADER_ADDRESS"] == f"{name}-lws-0.{name}-lws.{namespace}"
+        assert env["LWS_GROUP_SIZE"] == "2"
+        assert env["HCCL_IF_IP"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}
+    lc, wc = leader["spec"]["containers"][0], worker["spec"]["containers"][0]
+    assert "ray start --head" in lc["command"][2] and lc["command"][4:] == ["vllm", "serve", "/mnt/model"]
+    assert lc["args"][lc["args"].index("--tensor-parallel-size") + 1] == "8"
+    assert lc["args"][lc["args"].index("--pipeline-parallel-size") + 1] == "2"
+    assert "--distributed-executor-backend" in lc["args"]
+    assert '--address="${LWS_LEADER_ADDRESS}:6379"' in wc["command"][2] and "ports" not in wc
+
+    # the instance's Service reaches the leader only (the EndpointSlice controller agrees)
+    slices = kubectl_json(cluster, "get", "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={name}")
+    targets = [e["targetRef"]["name"] for s in slices["items"] for e in s.get("endpoints") or []]
+    assert targets == [leader["metadata"]["name"]]
+
+    # scaling replicas adds a group: two more pods, on the two nodes still free, each group within one rack
+    cluster.kubectl("patch", "mi", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"replicas":2}}')
+    wait_for("two groups Ready", lambda: ready(cluster, namespace, name, 2, 2))
+    pods = pods_of(cluster, namespace, name)
+    assert len({p["spec"]["nodeName"] for p in pods}) == 4
+    racks = {
+        n["metadata"]["name"]: n["metadata"]["labels"]["xw.dev/rack"]
+        for n in kubectl_json(cluster, "get", "nodes")["items"]
+        if "xw.dev/rack" in n["metadata"]["labels"]
+    }
+    by_group: dict[str, set[str]] = {}
+    for p in pods:
+        by_group.setdefault(p["metadata"]["labels"][GROUP_INDEX], set()).add(racks[p["spec"]["nodeName"]])
+    assert sorted(by_group) == ["0", "1"] and all(len(r) == 1 for r in by_group.values()), by_group
+    assert kubectl_json(cluster, "get", "leaderworkerset", f"{name}-lws", "-n", namespace)["spec"]["replicas"] == 2
+
+    # deleting the instance removes everything: the set, its StatefulSets, pods and both Services
+    cluster.kubectl("delete", "mi", name, "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
+
+    def gone() -> bool:
+        out = kubectl_json(cluster, "get", "leaderworkersets,statefulsets,services,pods", "-n", namespace)
+        return not out["items"]
+
+    wait_for("every child of the instance gone", gone, timeout=120)
+
+
+def test_more_nodes_than_exist_reports_the_schedulers_reason(cluster: Any, namespace: str) -> None:
+    name = "toobig"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(instance(name, nodes=5)))
+
+    def unplaceable() -> str:
+        message = str(status(cluster, namespace, name).get("message") or "")
+        return message if "cannot be scheduled" in message else ""
+
+    message = wait_for("the scheduler's reason in status", unplaceable)
+    assert "group 0 needs 5 nodes with 8 free huawei.com/Ascend910" in message
+    assert "nodes are available" in message  # the scheduler's own words follow
+    s = status(cluster, namespace, name)
+    assert s["phase"] == "Degraded" and s["readyReplicas"] == 0
+    cluster.kubectl("delete", "mi", name, "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
+    wait_for("its pods gone", lambda: not pods_of(cluster, namespace, name), timeout=120)
