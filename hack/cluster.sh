@@ -689,6 +689,11 @@ $pods_only
 EOF
 }
 
+lws_crd_established() {
+  [[ "$(kctl get crd leaderworkersets.leaderworkerset.x-k8s.io \
+    -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" == True ]]
+}
+
 lws_webhook_serving() {
   curl -s -o /dev/null --cacert "$STATE/pki/ca.crt" "https://127.0.0.1:$LWS_WEBHOOK_PORT/"
 }
@@ -703,7 +708,8 @@ start_lws() {
   sed 's/^  name: manager-role$/  name: lws-manager-role/' "$files/role.yaml" | kctl apply -f - >/dev/null || return 1
   kctl create clusterrolebinding lws-manager-rolebinding --clusterrole lws-manager-role --user lws-controller \
     --dry-run=client -o yaml | kctl apply -f - >/dev/null || return 1
-  kctl wait --for condition=Established --timeout 60s crd/leaderworkersets.leaderworkerset.x-k8s.io >/dev/null || return 1
+  # (not `kubectl wait`: it fails at once while the new CRD has no status.conditions yet)
+  wait_for "LeaderWorkerSet CRD established" 60 lws_crd_established || return 1
   write_kubeconfig "$STATE/lws-controller.kubeconfig" lws-controller lws-controller
   write_lws_config
   KUBECONFIG="$STATE/lws-controller.kubeconfig" start_component_bin lws-controller "$LWS_BIN" \

