@@ -134,7 +134,8 @@ def _printer_columns() -> list[dict[str, Any]]:
 
     return [
         column("Chip", "string", ".spec.devices.chip", "Chip profile"),
-        column("Devices", "integer", ".spec.devices.count", "Accelerators per replica"),
+        column("Devices", "integer", ".spec.devices.count", "Accelerators per node"),
+        column("Nodes", "integer", ".spec.devices.nodes", "Nodes per replica", priority=1),
         column("Replicas", "integer", ".spec.replicas", "Desired replicas"),
         column("Ready", "integer", ".status.readyReplicas", "Replicas serving"),
         column("Phase", "string", ".status.phase", "Pending, Progressing, Ready, Degraded or Failed"),

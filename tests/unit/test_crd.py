@@ -76,6 +76,7 @@ def test_printer_columns(version: dict[str, Any]) -> None:
     assert columns == [
         ("Chip", "string", ".spec.devices.chip"),
         ("Devices", "integer", ".spec.devices.count"),
+        ("Nodes", "integer", ".spec.devices.nodes"),  # -o wide only (priority 1)
         ("Replicas", "integer", ".spec.replicas"),
         ("Ready", "integer", ".status.readyReplicas"),
         ("Phase", "string", ".status.phase"),
