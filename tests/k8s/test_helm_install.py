@@ -368,3 +368,60 @@ def test_clusterwide_release_grants_workload_rights_everywhere_but_no_secrets(
     ]:
         assert not can_i(cluster, user, verb, resource, ns), f"{user} can {verb} {resource} in {ns or 'all'}"
     assert json.dumps(role["rules"]).count("secrets") == 0
+
+
+def test_multi_node_release_serves_a_group_with_exactly_the_charts_rights(
+    cluster: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """multiNode.enabled: the operator (the chart's args, its ServiceAccount's token) applies and watches a
+    LeaderWorkerSet without a single 403; without the value the same ServiceAccount has no such right."""
+    if get_json(cluster, "crd", "leaderworkersets.leaderworkerset.x-k8s.io") is None:
+        pytest.skip("the cluster has no LeaderWorkerSet CRD (hack/cluster.sh up installs it)")
+    rid = short_id()
+    name, namespace, watched = f"xwmn-{rid}", f"xw-mn-{rid}", f"t-helm-mn-{rid}"
+    cluster.kubectl("create", "namespace", watched)
+
+    def cleanup() -> None:
+        helm(cluster, tmp_path, "uninstall", name, "-n", namespace, "--wait", check=False)
+        for ns in (watched, namespace):
+            cluster.kubectl("delete", "modelinstances", "--all", "-n", ns, "--wait=false", check=False)
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+    request.addfinalizer(cleanup)
+    if get_json(cluster, "crd", CRD_NAME) is None:
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / f"{CRD_NAME}.yaml"))
+    helm(
+        cluster, tmp_path,
+        "install", name, str(CHART), "-n", namespace, "--create-namespace", "--set", "installCRDs=false",
+        "--set", f"watchNamespaces={{{watched}}}", "--set", "multiNode.enabled=true", "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    fullname = f"{name}-xw-operator"
+    user = f"system:serviceaccount:{namespace}:{fullname}"
+    assert can_i(cluster, user, "patch", "leaderworkersets.leaderworkerset.x-k8s.io", watched)
+    assert not can_i(cluster, user, "delete", "leaderworkersets.leaderworkerset.x-k8s.io", watched)
+    assert not can_i(cluster, user, "list", "leaderworkersets.leaderworkerset.x-k8s.io", "default")
+
+    dep = get_json(cluster, "deployment", fullname, "-n", namespace)
+    assert dep is not None
+    args = list(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--multi-node" in args
+    port = free_port()
+    args = [f"--liveness=http://127.0.0.1:{port}/healthz" if a.startswith("--liveness=") else a for a in args]
+    token = service_account_token(cluster, namespace, fullname)
+    kubeconfig = write_token_kubeconfig(cluster, tmp_path / "sa.kubeconfig", token, namespace)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+    env.update(KUBECONFIG=str(kubeconfig), XW_CONFIG_POLL_SECONDS="1", POD_NAMESPACE=namespace)
+    proc = OperatorProcess([sys.executable, "-m", "xw_operator", "operator", *args], env, tmp_path / "operator.log")
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        wait_for("operator liveness endpoint", lambda: proc.proc.poll() is not None or http_status(url) == 200, 60)
+        assert proc.proc.poll() is None, f"operator exited:\n{proc.logs()}"
+        sample = REPO / "configs" / "samples" / "multi-node" / "deepseek-r1-ascend.yaml"
+        cluster.kubectl("apply", "-n", watched, "-f", str(sample))
+        wait_ready(cluster, watched, "deepseek-r1", proc.logs)
+        assert get_json(cluster, "leaderworkerset", "deepseek-r1-lws", "-n", watched) is not None
+        wait_deleted(cluster, watched, "deepseek-r1")
+        assert not forbidden_lines(proc.logs()), proc.logs()
+        assert not audit_denials(cluster.audit_log, user)
+    finally:
+        proc.stop()
