@@ -159,3 +159,22 @@ def test_more_nodes_than_exist_reports_the_schedulers_reason(cluster: Any, names
     assert s["phase"] == "Degraded" and s["readyReplicas"] == 0
     cluster.kubectl("delete", "mi", name, "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
     wait_for("its pods gone", lambda: not pods_of(cluster, namespace, name), timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("devices", "parallelism", "message"),
+    [
+        ({"nodes": 2}, {"tensor": 8, "pipeline": 3}, "parallelism.tensor x parallelism.pipeline must equal"),
+        ({"nodes": 1, "topologyKey": "xw.dev/rack"}, None, "devices.topologyKey applies to multi-node instances"),
+        ({"nodes": 65}, None, "should be less than or equal to 64"),
+    ],
+)
+def test_the_api_server_refuses_inconsistent_multi_node_specs(
+    cluster: Any, namespace: str, devices: dict[str, Any], parallelism: dict[str, int] | None, message: str
+) -> None:
+    doc = instance("bad", nodes=1)
+    doc["spec"]["devices"].update(devices)
+    if parallelism:
+        doc["spec"]["parallelism"] = parallelism
+    proc = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
