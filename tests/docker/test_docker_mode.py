@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from xw_docker_host import DUO, EXITS_IMAGE, NPU, REPO, UNHEALTHY_IMAGE, XwHost, write_devices_yaml
 
 import docker
@@ -264,6 +265,21 @@ def test_bad_input_exits_2_with_one_line(host: XwHost) -> None:
     unknown = host.xw("stop", "nope")
     assert unknown.returncode == 1
     assert "no instance named 'nope'" in unknown.stderr
+
+
+def test_a_multi_node_instance_is_refused_on_one_host(host: XwHost) -> None:
+    path = host.manifest("big", count=8)
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["devices"]["nodes"] = 2
+    path.write_text(yaml.safe_dump(doc))
+    for command in ("run", "create"):
+        result = host.xw(command, "-f", str(path))
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            "error: ModelInstance big: spec.devices.nodes is 2, but Docker mode runs on one host; use nodes: 1 "
+            "(with at most the host's accelerators in count) or deploy it on Kubernetes"
+        )
+    assert host.containers() == []
 
 
 def test_instances_survive_a_dockerd_restart(host: XwHost) -> None:
