@@ -65,7 +65,9 @@ else
   stop_operator
   log "starting the operator (log: $LOG_FILE)"
   # setsid + detached stdio: the operator outlives this script and a Ctrl-C in the terminal.
-  setsid "$REPO/.venv/bin/xw" operator --all-namespaces --liveness "http://127.0.0.1:$HEALTH_PORT/healthz" \
+  # --multi-node: the local cluster runs the LeaderWorkerSet controller (XW_LWS=0 turns both off).
+  multi=(); [[ "${XW_LWS:-1}" == 1 ]] && multi=(--multi-node)
+  setsid "$REPO/.venv/bin/xw" operator --all-namespaces --liveness "http://127.0.0.1:$HEALTH_PORT/healthz" "${multi[@]}" \
     < /dev/null >> "$LOG_FILE" 2>&1 &
   echo $! > "$PID_FILE"
   for _ in $(seq 1 120); do
@@ -90,6 +92,7 @@ echo
 kubectl get mi -n "$NS"
 echo
 kubectl get deploy,svc,pods -n "$NS" -o wide
+[[ "${XW_LWS:-1}" == 1 ]] && echo "multi-node: kubectl apply -n $NS -f configs/samples/multi-node/ (a LeaderWorkerSet group on two Ascend nodes)"
 cat <<EOF
 
 The cluster and the operator keep running. To use them from this shell:

@@ -1,5 +1,6 @@
 """Multi-node instances on the real LeaderWorkerSet controller (hack/cluster.sh up runs it with its
-webhooks) + the real scheduler + kwok's four simulated Ascend 910 nodes (8 NPUs each, racks a and b)."""
+webhooks) + the real scheduler + kwok's six simulated Ascend 910 nodes (8 NPUs each, three per rack; the
+tests also pass next to the demo's instances)."""
 
 from __future__ import annotations
 
@@ -44,14 +45,14 @@ def kubectl_json(cluster: Any, *args: str) -> Any:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 
 
-def pods_of(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
+def pods_of(cluster: Any, ns: str, name: str, *, terminating: bool = False) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = kubectl_json(cluster, "get", "pods", "-n", ns, "-l", f"xw.dev/model-instance={name}")[
         "items"
     ]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    return [p for p in items if terminating or not p["metadata"].get("deletionTimestamp")]
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, cluster: Any = None) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -59,7 +60,11 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
         if last:
             return last
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    where = ""
+    if cluster is not None:  # what the scheduler saw: every pod on the Ascend nodes, all namespaces
+        pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+        where = f"\npods:\n{pods}"
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}{where}")
 
 
 def status(cluster: Any, ns: str, name: str) -> dict[str, Any]:
@@ -83,7 +88,7 @@ def test_two_nodes_of_eight_npus_run_as_one_group_scale_by_groups_and_are_remove
     name = "dsr1"
     doc = instance(name, nodes=2, devices={"chip": "ascend-910b", "count": 8, "nodes": 2, "topologyKey": "xw.dev/rack"})
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
-    wait_for("the instance Ready with one group", lambda: ready(cluster, namespace, name, 1, 2))
+    wait_for("the instance Ready with one group", lambda: ready(cluster, namespace, name, 1, 2), cluster=cluster)
 
     lws = kubectl_json(cluster, "get", "leaderworkerset", f"{name}-lws", "-n", namespace)
     assert lws["spec"]["replicas"] == 1 and lws["spec"]["leaderWorkerTemplate"]["size"] == 2
@@ -118,9 +123,9 @@ def test_two_nodes_of_eight_npus_run_as_one_group_scale_by_groups_and_are_remove
     targets = [e["targetRef"]["name"] for s in slices["items"] for e in s.get("endpoints") or []]
     assert targets == [leader["metadata"]["name"]]
 
-    # scaling replicas adds a group: two more pods, on the two nodes still free, each group within one rack
+    # scaling replicas adds a group: two more pods on two other nodes, each group within one rack
     cluster.kubectl("patch", "mi", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"replicas":2}}')
-    wait_for("two groups Ready", lambda: ready(cluster, namespace, name, 2, 2))
+    wait_for("two groups Ready", lambda: ready(cluster, namespace, name, 2, 2), cluster=cluster)
     pods = pods_of(cluster, namespace, name)
     assert len({p["spec"]["nodeName"] for p in pods}) == 4
     racks = {
@@ -146,19 +151,20 @@ def test_two_nodes_of_eight_npus_run_as_one_group_scale_by_groups_and_are_remove
 
 def test_more_nodes_than_exist_reports_the_schedulers_reason(cluster: Any, namespace: str) -> None:
     name = "toobig"
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(instance(name, nodes=5)))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(instance(name, nodes=7)))
 
     def unplaceable() -> str:
         message = str(status(cluster, namespace, name).get("message") or "")
         return message if "cannot be scheduled" in message else ""
 
-    message = wait_for("the scheduler's reason in status", unplaceable)
-    assert "group 0 needs 5 nodes with 8 free huawei.com/Ascend910" in message
+    message = wait_for("the scheduler's reason in status", unplaceable, cluster=cluster)
+    assert "group 0 needs 7 nodes with 8 free huawei.com/Ascend910" in message
     assert "nodes are available" in message  # the scheduler's own words follow
     s = status(cluster, namespace, name)
     assert s["phase"] == "Degraded" and s["readyReplicas"] == 0
     cluster.kubectl("delete", "mi", name, "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
-    wait_for("its pods gone", lambda: not pods_of(cluster, namespace, name), timeout=120)
+    # gone, not just terminating: they hold six nodes' NPUs until then
+    wait_for("its pods gone", lambda: not pods_of(cluster, namespace, name, terminating=True), timeout=120)
 
 
 @pytest.mark.parametrize(
