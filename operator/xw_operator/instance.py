@@ -59,6 +59,10 @@ MSG_PARALLELISM = (
     "of a replica is used once); a size set alone must divide devices.count x devices.nodes"
 )
 MSG_TOPOLOGY_SINGLE = "devices.topologyKey applies to multi-node instances only (devices.nodes > 1)"
+MSG_NODES_SWITCH = (
+    "devices.nodes cannot change between 1 and more than 1: a Deployment does not turn into a "
+    "LeaderWorkerSet in place (the old one would keep its accelerators); create a new ModelInstance"
+)
 MSG_NAME = (
     "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, "
     "at most 63 characters): it names the Service"
@@ -474,6 +478,8 @@ class ModelInstanceSpec(ApiModel):
             "x-kubernetes-validations": [
                 _cel(_PARALLELISM_CEL, MSG_PARALLELISM, ".parallelism"),
                 _cel("!has(self.devices.topologyKey) || self.devices.nodes > 1", MSG_TOPOLOGY_SINGLE, ".devices"),
+                # A transition rule (oldSelf): only the API server sees the previous object.
+                _cel("(self.devices.nodes > 1) == (oldSelf.devices.nodes > 1)", MSG_NODES_SWITCH, ".devices.nodes"),
             ]
         }
     )

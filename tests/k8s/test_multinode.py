@@ -184,3 +184,15 @@ def test_the_api_server_refuses_inconsistent_multi_node_specs(
         doc["spec"]["parallelism"] = parallelism
     proc = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_switching_between_single_and_multi_node_is_refused_in_place(cluster: Any, namespace: str) -> None:
+    """A Deployment cannot become a LeaderWorkerSet in place: the API server's transition rule says so
+    before the operator would leave the old workload holding its accelerators."""
+    doc = instance("flip", nodes=1)
+    doc["spec"]["replicas"] = 0  # nothing needs to run for this
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    proc = cluster.kubectl(
+        "patch", "mi", "flip", "-n", namespace, "--type=merge", "-p", '{"spec":{"devices":{"nodes":2}}}', check=False
+    )
+    assert proc.returncode != 0 and "devices.nodes cannot change between 1 and more than 1" in proc.stderr

@@ -14,7 +14,13 @@ from xw_operator.cli import main
 from xw_operator.crd import crd_manifest
 from xw_operator.devices import DevicesConfig, load_devices_config, packaged_devices_config_path
 from xw_operator.errors import ConfigError, ManifestError, ResolveError
-from xw_operator.instance import MSG_PARALLELISM, MSG_TOPOLOGY_SINGLE, ModelInstance, parse_instance
+from xw_operator.instance import (
+    MSG_NODES_SWITCH,
+    MSG_PARALLELISM,
+    MSG_TOPOLOGY_SINGLE,
+    ModelInstance,
+    parse_instance,
+)
 from xw_operator.k8s.reconcile import InvalidSpec, desired_state
 from xw_operator.multinode import MultiNodeNotSupported, parse_contracts, role_spec
 from xw_operator.plan import resolve
@@ -102,7 +108,7 @@ def test_topology_key_needs_several_nodes() -> None:
 def test_the_crd_enforces_the_same_rules_with_the_same_messages() -> None:
     spec = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     messages = [v["message"] for v in spec["x-kubernetes-validations"]]
-    assert MSG_PARALLELISM in messages and MSG_TOPOLOGY_SINGLE in messages
+    assert MSG_PARALLELISM in messages and MSG_TOPOLOGY_SINGLE in messages and MSG_NODES_SWITCH in messages
     nodes = spec["properties"]["devices"]["properties"]["nodes"]
     assert (nodes["default"], nodes["minimum"], nodes["maximum"]) == (1, 1, 64)
     assert "LeaderWorkerSet" in nodes["description"]
