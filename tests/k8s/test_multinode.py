@@ -196,3 +196,20 @@ def test_switching_between_single_and_multi_node_is_refused_in_place(cluster: An
         "patch", "mi", "flip", "-n", namespace, "--type=merge", "-p", '{"spec":{"devices":{"nodes":2}}}', check=False
     )
     assert proc.returncode != 0 and "devices.nodes cannot change between 1 and more than 1" in proc.stderr
+
+
+def test_a_crashing_worker_makes_the_instance_degraded_naming_its_group(cluster: Any, namespace: str) -> None:
+    """kwok's test stage (hack/cluster/kwok-stages.yaml) keeps the worker's container in CrashLoopBackOff."""
+    doc = instance("crash", nodes=2)
+    doc["spec"]["engine"]["env"] = [{"name": "XW_KWOK_CRASH", "value": "worker"}]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+    def degraded() -> dict[str, Any]:
+        s = status(cluster, namespace, "crash")
+        return s if s.get("phase") == "Degraded" else {}
+
+    s = wait_for("Degraded", degraded, cluster=cluster)
+    assert s["readyReplicas"] == 0
+    assert "group 0: pod crash-lws-0-1 container engine: CrashLoopBackOff" in s["message"], s["message"]
+    cluster.kubectl("delete", "mi", "crash", "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
+    wait_for("its pods gone", lambda: not pods_of(cluster, namespace, "crash", terminating=True), timeout=120)
