@@ -345,6 +345,10 @@ def test_multi_node_adds_exactly_the_leaderworkerset_rule_and_the_flag(helm: str
     role = next(r for r in by_kind(scoped, "Role") if r["metadata"]["namespace"] == "team-a")
     assert role["rules"] == [*WORKLOAD_RULES, LWS_RULE]
     assert by_kind(scoped, "ClusterRole") == []
+    # the admission policy guards the operator's LeaderWorkerSet writes like its Deployments
+    policy = one(render(helm, *VAP_API, "--set", "multiNode.enabled=true"), "ValidatingAdmissionPolicy")
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert {r["resources"][0] for r in rules} == {"deployments", "services", "leaderworkersets"}
 
 
 def test_install_crds_false_renders_no_crd(helm: str) -> None:

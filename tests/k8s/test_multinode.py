@@ -33,7 +33,10 @@ def instance(name: str, nodes: int, **spec: Any) -> dict[str, Any]:
         "kind": "ModelInstance",
         "metadata": {"name": name},
         "spec": {
-            "model": {"name": "deepseek-ai/DeepSeek-R1", "source": {"hostPath": f"/data/models/{name}"}},
+            "model": {
+                "name": "deepseek-ai/DeepSeek-R1",
+                "source": {"huggingFace": {"repo": "deepseek-ai/DeepSeek-R1"}},
+            },
             "engine": {"name": "vllm", "args": ["--max-model-len=32768"]},
             "devices": {"chip": "ascend-910b", "count": 8, "nodes": nodes},
             **spec,
@@ -105,14 +108,14 @@ def test_two_nodes_of_eight_npus_run_as_one_group_scale_by_groups_and_are_remove
         c = pod["spec"]["containers"][0]
         assert str(c["resources"]["limits"]["huawei.com/Ascend910"]) == "8"
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
-        assert {"/dev/shm", "/usr/local/Ascend/driver/lib64/", "/usr/local/dcmi", "/mnt/model"} <= mounts
+        assert {"/dev/shm", "/usr/local/Ascend/driver/lib64/", "/usr/local/dcmi"} <= mounts
         env = env_of(c)
         # injected by the real LWS pod webhook, placed first so $(LWS_LEADER_ADDRESS) would expand
         assert env["LWS_LEADER_ADDRESS"] == f"{name}-lws-0.{name}-lws.{namespace}"
         assert env["LWS_GROUP_SIZE"] == "2"
         assert env["HCCL_IF_IP"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}
     lc, wc = leader["spec"]["containers"][0], worker["spec"]["containers"][0]
-    assert "ray start --head" in lc["command"][2] and lc["command"][4:] == ["vllm", "serve", "/mnt/model"]
+    assert "ray start --head" in lc["command"][2] and lc["command"][4:] == ["vllm", "serve", "deepseek-ai/DeepSeek-R1"]
     assert lc["args"][lc["args"].index("--tensor-parallel-size") + 1] == "8"
     assert lc["args"][lc["args"].index("--pipeline-parallel-size") + 1] == "2"
     assert "--distributed-executor-backend" in lc["args"]

@@ -41,7 +41,7 @@ def body(chip: str = "ascend-910b", count: int = 8, nodes: int = 2, **spec: Any)
         "kind": "ModelInstance",
         "metadata": {"name": "big", "namespace": "llm", "uid": UID},
         "spec": {
-            "model": {"name": "org/big", "source": {"hostPath": "/data/models/big"}},
+            "model": {"name": "org/big", "source": {"huggingFace": {"repo": "org/big"}}},
             "engine": spec.pop("engine", {"name": "vllm"}),
             "devices": devices,
             **spec,
@@ -139,7 +139,7 @@ def test_two_nodes_of_eight_npus_is_one_group_of_two_with_the_whole_sandbox(conf
         assert c["resources"]["limits"] == {"huawei.com/Ascend910": 8}
         assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64", "accelerator": "huawei-Ascend910"}
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-        assert "/usr/local/Ascend/driver/lib64/" in mounts and mounts["/usr/local/Ascend/driver/lib64/"]["readOnly"]
+        assert mounts["/usr/local/Ascend/driver/lib64/"]["readOnly"]
         shm = next(v for v in pod["volumes"] if v["name"] == "shm")
         assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "100Gi"} and "/dev/shm" in mounts
         assert c["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN", "SYS_RAWIO", "IPC_LOCK", "SYS_RESOURCE"]
@@ -160,7 +160,7 @@ def test_leader_runs_the_ray_head_and_vllm_with_tensor_times_pipeline(config: De
     leader = engine(lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"])
     assert leader["command"][:2] == ["/bin/sh", "-c"]
     assert "ray start --head --port=6379" in leader["command"][2] and 'exec "$@"' in leader["command"][2]
-    assert leader["command"][3:] == ["xw-leader", "vllm", "serve", "/mnt/model"]
+    assert leader["command"][3:] == ["xw-leader", "vllm", "serve", "org/big"]
     args = leader["args"]
     assert args[args.index("--tensor-parallel-size") + 1] == "8"
     assert args[args.index("--pipeline-parallel-size") + 1] == "2"
