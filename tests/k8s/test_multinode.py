@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_fixture import OperatorProcess, operator_log_on_failure, xw_operator
+from operator_fixture import SHIPPED_DEVICES, OperatorProcess, operator_log_on_failure, xw_operator
 
 __all__ = ["operator_log_on_failure", "xw_operator"]  # fixtures, re-exported for pytest
 
@@ -221,3 +221,39 @@ def test_a_crashing_worker_makes_the_instance_degraded_naming_its_group(cluster:
     assert "group 0: pod crash-lws-0-1 container engine: CrashLoopBackOff" in s["message"], s["message"]
     cluster.kubectl("delete", "mi", "crash", "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
     wait_for("its pods gone", lambda: not pods_of(cluster, namespace, "crash", terminating=True), timeout=120)
+
+
+def test_revocation_scales_the_leaderworkerset_to_zero_and_restoring_brings_it_back(
+    cluster: Any, namespace: str, xw_operator: OperatorProcess
+) -> None:
+    """An image the administrator stops allowing withdraws a multi-node instance's pods too."""
+    shipped = SHIPPED_DEVICES.read_text(encoding="utf-8")
+    allowing = shipped.replace("allowed_image_prefixes: []", "allowed_image_prefixes: [quay.io/ascend]")
+    assert allowing != shipped
+    doc = instance("revoked", nodes=2)
+    doc["spec"]["engine"]["image"] = "quay.io/ascend/vllm-ascend:custom"
+    try:
+        xw_operator.write_devices(allowing)
+        time.sleep(2)  # the operator polls its devices.yaml every second
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+        wait_for("Ready", lambda: ready(cluster, namespace, "revoked", 1, 2), cluster=cluster)
+
+        xw_operator.write_devices(shipped)
+        wait_for(
+            "withdrawn",
+            lambda: (
+                not pods_of(cluster, namespace, "revoked", terminating=True)
+                and status(cluster, namespace, "revoked").get("phase") == "Failed"
+            ),
+            cluster=cluster,
+        )
+        lws = kubectl_json(cluster, "get", "leaderworkerset", "revoked-lws", "-n", namespace)
+        assert lws["spec"]["replicas"] == 0
+        assert "ImageNotAllowed" in json.dumps(status(cluster, namespace, "revoked")["conditions"])
+
+        xw_operator.write_devices(allowing)
+        wait_for("Ready again", lambda: ready(cluster, namespace, "revoked", 1, 2), cluster=cluster)
+    finally:
+        xw_operator.restore_devices()
+    cluster.kubectl("delete", "mi", "revoked", "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
+    wait_for("its pods gone", lambda: not pods_of(cluster, namespace, "revoked", terminating=True), timeout=120)

@@ -109,11 +109,14 @@ def revocation_message(reason: str, message: str) -> str:
     return f"{message} (no engine pod runs until this is allowed again)"
 
 
-def withdraw_workload(api: KubeApi, instance_body: Obj, reason: str, hash_annotation: str) -> Obj | None:
-    """Scale the instance's Deployment to 0 when ``reason`` revokes it; the patched Deployment, or None
-    when nothing was written.
+def withdraw_workload(
+    api: KubeApi, instance_body: Obj, reason: str, hash_annotation: str, *, multi_node: bool = False
+) -> Obj | None:
+    """Scale the instance's Deployment (and, for an operator with multi-node support, its
+    LeaderWorkerSet) to 0 when ``reason`` revokes it; the last patched object, or None when nothing was
+    written.
 
-    Scaling (not deleting) needs no delete permission and leaves a visible ``0/0`` Deployment behind.
+    Scaling (not deleting) needs no delete permission and leaves a visible ``0/0`` workload behind.
     The patch also clears the spec-hash annotation, so the next allowed reconcile re-applies the current
     rendering even after an operator restart; the resourceVersion in it is a precondition: an object
     replaced since the GET is never touched.
@@ -121,7 +124,29 @@ def withdraw_workload(api: KubeApi, instance_body: Obj, reason: str, hash_annota
     if reason not in REVOKING_REASONS:
         return None
     meta = instance_body["metadata"]
-    path = object_path("apps/v1", "deployments", meta["namespace"], meta["name"])
+    paths = [("Deployment", object_path("apps/v1", "deployments", meta["namespace"], meta["name"]))]
+    if multi_node:
+        from xw_operator.render_lws import LWS_API_VERSION, LWS_PLURAL, lws_name
+
+        paths.append(
+            ("LeaderWorkerSet", object_path(LWS_API_VERSION, LWS_PLURAL, meta["namespace"], lws_name(meta["name"])))
+        )
+    patched: Obj | None = None
+    for kind, path in paths:
+        result = _scale_to_zero(api, path, meta, hash_annotation)
+        if result is not None:
+            patched = result
+            log.warning(
+                "ModelInstance %s/%s: %s; scaled its %s to 0 (the administrator no longer allows it)",
+                meta["namespace"],
+                meta["name"],
+                reason,
+                kind,
+            )
+    return patched
+
+
+def _scale_to_zero(api: KubeApi, path: str, meta: Obj, hash_annotation: str) -> Obj | None:
     live = api.get(path)
     if live is None or live["metadata"].get("deletionTimestamp") or not controls(live, meta):
         return None
@@ -135,11 +160,4 @@ def withdraw_workload(api: KubeApi, instance_body: Obj, reason: str, hash_annota
         },
         "spec": {"replicas": 0},
     }
-    patched = api.merge_patch(path, patch)
-    log.warning(
-        "ModelInstance %s/%s: %s; scaled its Deployment to 0 (the administrator no longer allows it)",
-        meta["namespace"],
-        meta["name"],
-        reason,
-    )
-    return patched
+    return api.merge_patch(path, patch)

@@ -248,7 +248,9 @@ class Reconciler:
             try:
                 desired = desired_state(body, self.config, multi_node=self.multi_node)
             except InvalidSpec as exc:
-                withdrawn = withdraw_workload(self.api, body, exc.failure.reason, SPEC_HASH_ANNOTATION)  # revocation
+                withdrawn = withdraw_workload(  # revocation
+                    self.api, body, exc.failure.reason, SPEC_HASH_ANNOTATION, multi_node=self.multi_node
+                )
                 if withdrawn is not None and (gen := generation_of(withdrawn)) is not None:
                     self.generations[child_key(withdrawn)] = gen  # our own write: not drift
                 self._write_status(body, self._observe(body, None, exc.failure))
