@@ -55,7 +55,7 @@ def instance(**kw: Any) -> ModelInstance:
 
 def render(config: DevicesConfig, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     inst = instance(**kw)
-    objects = render_workload(inst, resolve(inst, config))
+    objects = render_workload(inst, resolve(inst, config).bind(None))
     assert [o["kind"] for o in objects] == ["LeaderWorkerSet", "Service"]
     return objects[0], objects[1]
 
@@ -78,7 +78,7 @@ def test_nodes_defaults_to_one_and_single_node_instances_stay_deployments(config
     del doc["spec"]["devices"]["nodes"]
     inst = parse_instance(doc)
     assert inst.spec.devices.nodes == 1 and inst.spec.parallel_sizes == (8, 1)
-    assert [o["kind"] for o in render_workload(inst, resolve(inst, config))] == ["Deployment", "Service"]
+    assert [o["kind"] for o in render_workload(inst, resolve(inst, config).bind(None))] == ["Deployment", "Service"]
 
 
 @pytest.mark.parametrize("nodes", [0, 65])
@@ -275,11 +275,11 @@ def test_a_long_name_is_refused_before_lws_would_fail(config: DevicesConfig) -> 
     doc["metadata"]["name"] = "a" * 41
     inst = parse_instance(doc)
     with pytest.raises(ResolveError, match="at most 40"):
-        render_lws(inst, resolve(inst, config))
+        render_lws(inst, resolve(inst, config).bind(None))
 
 
 def test_an_engine_without_a_contract_is_refused_with_the_known_ones(config: DevicesConfig) -> None:
-    plan = resolve(instance(), config)
+    plan = resolve(instance(), config).bind(None)
     contracts = parse_contracts("version: '1'\nengines:\n  mindie:\n    multi_node: {}\n", "test")
     with pytest.raises(ResolveError, match=r"engine vllm has no multi-node contract .*mindie"):
         role_spec(plan, "leader", contracts)
@@ -331,3 +331,15 @@ def test_an_operator_without_multi_node_support_fails_the_instance(config: Devic
     desired = desired_state(body(), config, multi_node=True)
     assert desired.deployment["kind"] == "LeaderWorkerSet"
     assert desired.deployment["metadata"]["annotations"]["xw.dev/spec-hash"]
+
+
+def test_single_node_pipeline_parallelism_reaches_vllm_only_when_above_one(config: DevicesConfig) -> None:
+    def args(**spec: Any) -> list[str]:
+        inst = instance(count=4, nodes=1, **spec)
+        (dep, _) = render_workload(inst, resolve(inst, config).bind(None))
+        return list(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    split = args(parallelism={"tensor": 2, "pipeline": 2})
+    assert split[split.index("--tensor-parallel-size") + 1] == "2"
+    assert split[split.index("--pipeline-parallel-size") + 1] == "2"
+    assert "--pipeline-parallel-size" not in args()  # the default single-node command line is unchanged
