@@ -3,6 +3,9 @@
 The worked example is Cambricon MLU: its per-chip nodes are ``/dev/cambricon_devN`` *and*
 ``/dev/cambricon_ipcmN``, so the node list is computed from the allocated indices rather than listed.
 A devices.yaml entry with an engine block for the same chip replaces this sandbox entirely.
+
+Registered like any vendor's sandbox: an entry point in the ``xw_operator.sandboxes`` group
+(pyproject.toml), so this module imports :mod:`xw_operator.sandbox` and never the other way round.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xw_operator.devices import KubernetesProfile, VolumeSpec
-from xw_operator.sandbox import GIB, DeviceNode, register_sandbox
+from xw_operator.sandbox import GIB, DeviceNode
 
 
 @dataclass(frozen=True)
@@ -67,5 +70,3 @@ class CambriconMluSandbox:
     def kubernetes(self) -> KubernetesProfile | None:
         return KubernetesProfile(resource_name="cambricon.com/mlu", plugin_env=["CAMBRICON_VISIBLE_DEVICES"])
 
-
-register_sandbox(CambriconMluSandbox())

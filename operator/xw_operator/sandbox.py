@@ -1,15 +1,19 @@
 """Device sandboxes: how a container reaches a chip, for one engine.
 
 Most chips are pure configuration (``ext_sandboxes`` in devices.yaml → :class:`ConfigSandbox`). Logic
-that YAML cannot express lives in code sandboxes registered with :func:`register_sandbox`. Selection is
-**config > code > a clear error**, so an administrator can always override shipped code without a
-release.
+that YAML cannot express lives in code sandboxes, found through the Python entry-point group
+``xw_operator.sandboxes`` (:data:`ENTRY_POINT_GROUP`): a vendor ships one as its own package without
+touching ours, and the shipped ones (:mod:`xw_operator.code_sandboxes`) are registered the same way in
+our pyproject.toml. Selection is **config > code > a clear error**, so an administrator can always
+override shipped code without a release.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
 from xw_operator.devices import (
@@ -22,7 +26,7 @@ from xw_operator.devices import (
     VolumeSpec,
     device_index,
 )
-from xw_operator.errors import NoSandbox, UnknownChip
+from xw_operator.errors import ConfigError, NoSandbox, UnknownChip
 
 GIB = 1024**3
 
@@ -178,12 +182,45 @@ class SandboxRegistry:
         return {s.chip_key for s in self.sandboxes}
 
 
-DEFAULT_REGISTRY = SandboxRegistry()
+ENTRY_POINT_GROUP = "xw_operator.sandboxes"
 
 
-def register_sandbox(sandbox: DeviceSandbox) -> DeviceSandbox:
-    """Add a code-based sandbox to the default registry (devices.yaml still overrides it)."""
-    return DEFAULT_REGISTRY.register(sandbox)
+def load_registry(group: str = ENTRY_POINT_GROUP) -> SandboxRegistry:
+    """Every code sandbox the installed distributions advertise under ``group``, in entry-point name order.
+
+    An entry point names a zero-argument callable (typically the sandbox class) that returns one
+    :class:`DeviceSandbox` or an iterable of them. In pyproject.toml::
+
+        [project.entry-points."xw_operator.sandboxes"]
+        acme-x1-vllm = "acme_xw.sandbox:AcmeX1Sandbox"
+
+    A broken one is a :class:`ConfigError` naming it (an installation problem the admin must fix), raised
+    only when a code sandbox is actually needed: chips configured in devices.yaml never load these.
+    """
+    registry = SandboxRegistry()
+    for entry in sorted(entry_points(group=group), key=lambda e: e.name):
+        for sandbox in _made_by(entry, group):
+            registry.register(sandbox)
+    return registry
+
+
+def _made_by(entry: EntryPoint, group: str) -> list[DeviceSandbox]:
+    where = f"code sandbox entry point {entry.name} = {entry.value} (group {group})"
+    try:
+        made = entry.load()()
+    except Exception as exc:  # a vendor's package: any failure is reported the same way
+        raise ConfigError(f"{where} failed to load: {type(exc).__name__}: {exc}") from None
+    sandboxes = list(made) if isinstance(made, Iterable) else [made]
+    for sandbox in sandboxes:
+        if not isinstance(sandbox, DeviceSandbox):
+            raise ConfigError(f"{where} returned {type(sandbox).__name__}, not a DeviceSandbox")
+    return sandboxes
+
+
+@functools.cache
+def default_registry() -> SandboxRegistry:
+    """The installed code sandboxes, loaded once per process on first need."""
+    return load_registry()
 
 
 def select_sandbox(
@@ -192,15 +229,14 @@ def select_sandbox(
     engine: str,
     registry: SandboxRegistry | None = None,
 ) -> DeviceSandbox:
-    """Config > code > a ResolveError naming the chip, the engine and what is known."""
-    from xw_operator import code_sandboxes  # noqa: F401  (registers the shipped code sandboxes)
-
-    registry = registry if registry is not None else DEFAULT_REGISTRY
+    """Config > code (``registry``, default: the installed entry points) > a ResolveError naming the
+    chip, the engine and what is known."""
     ref = config.find_chip(chip_key)
     if ref is not None and ref.chip.ext_sandboxes is not None:
         block = ref.chip.ext_sandboxes.engines.get(engine)
         if block is not None:
             return ConfigSandbox(ref, engine, block)
+    registry = registry if registry is not None else default_registry()
     coded = registry.find(chip_key, engine)
     if coded is not None:
         return coded

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+import builders
 import docker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,25 +63,23 @@ class XwHost:
         model_dir = self.models / name
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "config.json").write_text("{}")
-        spec: dict[str, Any] = {
-            "model": {"source": {"hostPath": str(model_dir)}},
-            "engine": {"name": "vllm"},
-            "devices": {"chip": chip, "count": count},
-        }
-        if served:
-            spec["model"]["name"] = served
+        engine: dict[str, Any] = {"name": "vllm"}
         if image:
-            spec["engine"]["image"] = image
+            engine["image"] = image
         if env:
-            spec["engine"]["env"] = [{"name": k, "value": v} for k, v in env.items()]
-        if indices is not None:
-            spec["devices"]["indices"] = indices
-        if port is not None:
-            spec["port"] = port
-        doc = {"apiVersion": "xw.dev/v1alpha1", "kind": "ModelInstance", "metadata": {"name": name}, "spec": spec}
-        path = self.root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        return path
+            engine["env"] = [{"name": k, "value": v} for k, v in env.items()]
+        extra: dict[str, Any] = {"port": port} if port is not None else {}
+        doc = builders.instance_doc(
+            chip,
+            count,
+            name=name,
+            source={"hostPath": str(model_dir)},
+            engine=engine,
+            model_name=served,
+            indices=indices,
+            **extra,
+        )
+        return builders.write_yaml(self.root / f"{name}.yaml", doc)
 
     def containers(self) -> list[Any]:
         return list(self.client.containers.list(all=True, filters={"label": f"xw.server_name={self.server_name}"}))
@@ -176,5 +173,5 @@ def devices_yaml(root: Path, *, npu_runtime: str = "runc", extra_npu_device: str
 
 def write_devices_yaml(root: Path, **kwargs: Any) -> Path:
     path = root / "devices.yaml"
-    path.write_text(yaml.safe_dump(devices_yaml(root, **kwargs), sort_keys=False))
+    path.write_text(builders.devices_text(devices_yaml(root, **kwargs)))
     return path

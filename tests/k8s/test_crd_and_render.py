@@ -8,6 +8,7 @@ ModelInstances are refused by the API server itself with a message naming the fi
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+import builders
 from xw_operator.devices import DevicesConfig, load_devices_config, packaged_devices_config_path
 from xw_operator.instance import parse_instance
 from xw_operator.plan import resolve
@@ -38,25 +40,25 @@ def crd(cluster: Any) -> None:
         time.sleep(1)
 
 
-def manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "xw.dev/v1alpha1", "kind": "ModelInstance", "metadata": {"name": name}, "spec": spec}
-
-
-def spec_for(chip: str, count: int, source: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "model": {"name": "org/model", "source": source},
-        "engine": {"name": "vllm", "args": ["--max-model-len=8192"], "env": [{"name": "LOG", "value": "debug"}]},
-        "devices": {"chip": chip, "count": count},
-        **extra,
-    }
+manifest = builders.document
+# Every case serves "org/model" with one engine argument and one variable, so both reach the objects.
+spec_for = functools.partial(
+    builders.spec_doc,
+    model_name="org/model",
+    engine={"name": "vllm", "args": ["--max-model-len=8192"], "env": [{"name": "LOG", "value": "debug"}]},
+)
 
 
 CASES = [
-    ("ascend-910b-x4", spec_for("ascend-910b", 4, {"hostPath": "/data/models/qwen"}), "shipped"),
-    ("ascend-310p-x2", spec_for("ascend-310p", 2, {"pvc": {"claimName": "models", "subPath": "qwen"}}), "shipped"),
+    ("ascend-910b-x4", spec_for("ascend-910b", 4, source={"hostPath": "/data/models/qwen"}), "shipped"),
+    (
+        "ascend-310p-x2",
+        spec_for("ascend-310p", 2, source={"pvc": {"claimName": "models", "subPath": "qwen"}}),
+        "shipped",
+    ),
     (
         "metax-x1",
-        spec_for("metax-c550", 1, {"huggingFace": {"repo": "Qwen/Qwen3-8B", "tokenSecretRef": {"name": "hf"}}}),
+        spec_for("metax-c550", 1, source={"huggingFace": {"repo": "Qwen/Qwen3-8B", "tokenSecretRef": {"name": "hf"}}}),
         "shipped",
     ),
     (
@@ -64,7 +66,7 @@ CASES = [
         spec_for(
             "nvidia-t4",
             2,
-            {"huggingFace": {"repo": "meta-llama/Llama-3.1-8B", "revision": "main"}},
+            source={"huggingFace": {"repo": "meta-llama/Llama-3.1-8B", "revision": "main"}},
             apiKeySecretRef={"name": "llm-key"},
             strategy="RollingUpdate",
             replicas=2,
@@ -86,7 +88,7 @@ CASES = [
         ),
         "shipped",
     ),
-    ("host-device-x2", spec_for("acme-npu", 2, {"hostPath": "/data/models/acme"}), "host-device"),
+    ("host-device-x2", spec_for("acme-npu", 2, source={"hostPath": "/data/models/acme"}), "host-device"),
     # A catalog model (models.yaml) with no source: the recipe fills source, engine, count and tuning.
     ("catalog-qwen3-8b", {"model": {"catalog": "qwen3-8b"}, "devices": {"chip": "ascend-910b"}}, "shipped"),
 ]
@@ -137,7 +139,7 @@ def test_crd_defaults_match_the_python_model(cluster: Any, crd: None, namespace:
 
 
 def test_printer_columns_and_status_subresource(cluster: Any, crd: None, namespace: str) -> None:
-    spec = spec_for("ascend-910b", 4, {"hostPath": "/m"})
+    spec = spec_for("ascend-910b", 4, source={"hostPath": "/m"})
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest("cols", spec)))
     status = {
         "phase": "Ready",
@@ -181,7 +183,7 @@ def test_printer_columns_and_status_subresource(cluster: Any, crd: None, namespa
 
 
 def _spec(**changes: Any) -> dict[str, Any]:
-    spec = spec_for("ascend-910b", 1, {"hostPath": "/m"})
+    spec = spec_for("ascend-910b", 1, source={"hostPath": "/m"})
     spec.update(changes)
     return spec
 
@@ -276,7 +278,7 @@ def test_rendered_pods_schedule_onto_a_node_with_the_chip(
     Rendered without an owner (no uid), so only the scheduler and kwok act on these objects.
     """
     name = f"sched-{chip}"
-    doc = manifest(name, spec_for(chip, count, {"hostPath": "/m"}))
+    doc = manifest(name, spec_for(chip, count, source={"hostPath": "/m"}))
     doc["metadata"]["namespace"] = namespace
     instance = parse_instance(doc)
     objects = render_kubernetes(instance, resolve(instance, configs()["shipped"]).bind())
@@ -297,7 +299,9 @@ def test_host_device_pods_never_share_a_node(cluster: Any, namespace: str) -> No
     first. The acme profile is pinned to the single NVIDIA kwok node here (it has no node of its own)."""
     names = ["hostdev-a", "hostdev-b"]
     for name in names:
-        spec = spec_for("acme-npu", 1, {"hostPath": "/m"}, nodeSelector={"kubernetes.io/hostname": "kwok-nvidia-0"})
+        spec = spec_for(
+            "acme-npu", 1, source={"hostPath": "/m"}, nodeSelector={"kubernetes.io/hostname": "kwok-nvidia-0"}
+        )
         doc = manifest(name, spec)
         doc["metadata"]["namespace"] = namespace
         instance = parse_instance(doc)

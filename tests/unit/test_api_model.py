@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 
+import builders
 from xw_operator.errors import ManifestError
 from xw_operator.instance import (
-    API_VERSION,
     GROUP,
     KIND,
     PLURAL,
@@ -18,11 +19,8 @@ from xw_operator.instance import (
     parse_instance,
 )
 
-
-def doc(name: str = "m1", **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"model": {"source": {"hostPath": "/models/m1"}}, "devices": {"chip": "ascend-910b"}}
-    base.update(spec)
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": base}
+# Only what the API requires, so the defaults tests see the API's own defaults.
+doc = functools.partial(builders.instance_doc, name="m1", count=None, source={"hostPath": "/models/m1"})
 
 
 def test_public_names() -> None:

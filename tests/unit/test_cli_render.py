@@ -10,6 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import builders
 from xw_operator.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,15 +19,9 @@ pytestmark = pytest.mark.usefixtures("test_devices_file")
 
 
 def manifest(tmp_path: Path, chip: str, count: int, **spec: Any) -> Path:
-    doc = {
-        "apiVersion": "xw.dev/v1alpha1",
-        "kind": "ModelInstance",
-        "metadata": {"name": "m1"},
-        "spec": {"model": {"source": {"hostPath": "/models/m1"}}, "devices": {"chip": chip, "count": count}, **spec},
-    }
-    path = tmp_path / "mi.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    """mi.yaml holding one instance ``m1`` with a hostPath source."""
+    doc = builders.instance_doc(chip, count, name="m1", source={"hostPath": "/models/m1"}, **spec)
+    return builders.write_yaml(tmp_path / "mi.yaml", doc)
 
 
 def run(*args: str) -> Any:
@@ -133,18 +128,9 @@ def test_docker_nvidia_x2(tmp_path: Path) -> None:
 
 
 def test_kubernetes_render_is_yaml_for_every_instance(tmp_path: Path) -> None:
-    path = tmp_path / "two.yaml"
-    docs = []
-    for name, chip in (("a", "ascend-910b"), ("b", "nvidia-t4")):
-        docs.append(
-            {
-                "apiVersion": "xw.dev/v1alpha1",
-                "kind": "ModelInstance",
-                "metadata": {"name": name},
-                "spec": {"model": {"source": {"hostPath": "/m"}}, "devices": {"chip": chip, "count": 1}},
-            }
-        )
-    path.write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}, *docs]))
+    docs = [builders.instance_doc(chip, 1, name=name) for name, chip in (("a", "ascend-910b"), ("b", "nvidia-t4"))]
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}
+    path = builders.write_yaml(tmp_path / "two.yaml", namespace, *docs)
     result = run("render", "-f", str(path))
     assert result.exit_code == 0, result.output
     rendered = [d for d in yaml.safe_load_all(result.stdout) if d]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+import builders
 from xw_operator.devices import (
     DevicesConfig,
     VolumeSpec,
@@ -19,11 +20,9 @@ from xw_operator.devices import (
 )
 from xw_operator.errors import ConfigError
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
 
 def seed_dict() -> dict[str, Any]:
-    return dict(yaml.safe_load((FIXTURES / "seed-devices.yaml").read_text()))
+    return builders.devices_doc(builders.SEED_DEVICES)
 
 
 def reject(data: dict[str, Any]) -> str:

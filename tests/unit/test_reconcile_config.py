@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import builders
 from xw_operator.devices import packaged_devices_config_path
 from xw_operator.errors import ConfigError
 from xw_operator.k8s.config_source import (
@@ -26,13 +27,11 @@ def devices_file(tmp_path: Path) -> Path:
     return path
 
 
-def with_nvidia_shm(text: str, gb: int) -> str:
-    marker = (
-        "            shm_size_gb: 32\n            capabilities: []\n"
-        "        kubernetes:\n          resource_name: nvidia.com/gpu"
-    )
-    assert marker in text
-    return text.replace(marker, marker.replace("shm_size_gb: 32", f"shm_size_gb: {gb}"))
+def with_nvidia_shm(gb: int) -> str:
+    """The shipped devices.yaml with the nvidia-t4 vLLM sandbox's shm size changed."""
+    data = builders.devices_doc()
+    builders.chip_doc(data, "nvidia-t4")["ext_sandboxes"]["vllm"]["shm_size_gb"] = gb
+    return builders.devices_text(data)
 
 
 def test_unchanged_file_reports_nothing(devices_file: Path) -> None:
@@ -42,7 +41,7 @@ def test_unchanged_file_reports_nothing(devices_file: Path) -> None:
 
 def test_changing_one_chip_profile_names_only_that_chip(devices_file: Path) -> None:
     store = ConfigStore(FileSource(devices_file))
-    devices_file.write_text(with_nvidia_shm(SHIPPED, 64), encoding="utf-8")
+    devices_file.write_text(with_nvidia_shm(64), encoding="utf-8")
     change = store.poll()
     assert isinstance(change, Change)
     assert change.chips == {"nvidia-t4"}
@@ -54,7 +53,9 @@ def test_changing_one_chip_profile_names_only_that_chip(devices_file: Path) -> N
 def test_invalid_new_version_is_refused_once_and_the_last_good_stays(devices_file: Path) -> None:
     store = ConfigStore(FileSource(devices_file))
     good = store.current
-    devices_file.write_text(SHIPPED.replace("shm_size_gb: 32", "shm_size_gb: lots"), encoding="utf-8")
+    data = builders.devices_doc()
+    builders.chip_doc(data, "nvidia-t4")["ext_sandboxes"]["vllm"]["shm_size_gb"] = "lots"
+    devices_file.write_text(builders.devices_text(data), encoding="utf-8")
     refused = store.poll()
     assert isinstance(refused, ConfigError)
     assert "shm_size_gb" in str(refused)
@@ -83,7 +84,9 @@ def test_invalid_config_at_startup_is_fatal(tmp_path: Path) -> None:
 def test_removed_and_added_chips_count_as_changed(devices_file: Path) -> None:
     store = ConfigStore(FileSource(devices_file))
     old = store.current
-    devices_file.write_text(SHIPPED.replace("config_key: nvidia-t4", "config_key: nvidia-t4x"), encoding="utf-8")
+    data = builders.devices_doc()
+    builders.chip_doc(data, "nvidia-t4")["config_key"] = "nvidia-t4x"
+    devices_file.write_text(builders.devices_text(data), encoding="utf-8")
     change = store.poll()
     assert isinstance(change, Change)
     assert changed_chips(old, change.new) == {"nvidia-t4", "nvidia-t4x"}

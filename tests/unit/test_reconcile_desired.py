@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import pytest
 
+import builders
 from xw_operator.devices import DevicesConfig
 from xw_operator.k8s.reconcile import (
     SPEC_HASH_ANNOTATION,
@@ -18,30 +20,23 @@ from xw_operator.k8s.reconcile import (
     stamp,
 )
 
-
-def body(chip: str = "ascend-910b", count: int = 4, **spec: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "apiVersion": "xw.dev/v1alpha1",
-        "kind": "ModelInstance",
-        "metadata": {
-            "name": "qwen",
-            "namespace": "llm",
-            "uid": "uid-1",
-            "generation": 3,
-            "annotations": {
-                "kopf.zalando.org/last-handled-configuration": "{}",
-                "xw.dev/last-handled-configuration": "{}",
-                "kubectl.kubernetes.io/last-applied-configuration": "{}",
-            },
+# A stored custom resource: uid, generation and the bookkeeping annotations kopf and kubectl leave.
+body = functools.partial(
+    builders.instance_doc,
+    name="qwen",
+    namespace="llm",
+    uid="uid-1",
+    metadata={
+        "generation": 3,
+        "annotations": {
+            "kopf.zalando.org/last-handled-configuration": "{}",
+            "xw.dev/last-handled-configuration": "{}",
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
         },
-        "spec": {
-            "model": {"source": {"hostPath": "/data/qwen"}},
-            "engine": {"name": "vllm", "args": ["--max-model-len=8192"]},
-            "devices": {"chip": chip, "count": count},
-        },
-    }
-    doc["spec"].update(spec)
-    return doc
+    },
+    source={"hostPath": "/data/qwen"},
+    engine={"name": "vllm", "args": ["--max-model-len=8192"]},
+)
 
 
 def test_children_are_a_deployment_and_a_service_each_with_a_spec_hash(shipped_config: DevicesConfig) -> None:
@@ -127,26 +122,12 @@ def test_bad_input_is_invalid_spec_with_a_reason(
 
 
 def test_no_image_for_any_architecture_names_the_field(shipped_config: DevicesConfig) -> None:
-    data = shipped_config.model_dump(mode="json")
-    for vendor in data["vendors"]:
-        for chip in vendor["chip_models"]:
-            if chip["config_key"] == "ascend-910b":
-                chip["runtime_images"]["vllm"]["arm64"] = "NONE"
-    config = DevicesConfig.model_validate(_volumes_as_text(data))
+    data = builders.devices_doc()
+    builders.chip_doc(data, "ascend-910b")["runtime_images"]["vllm"]["arm64"] = "NONE"
+    config = builders.devices_config(data)
     with pytest.raises(InvalidSpec) as err:
         desired_state(body(), config)
     assert "runtime_images.vllm" in err.value.failure.message
-
-
-def _volumes_as_text(data: Any) -> Any:
-    """model_dump turns VolumeSpec into dicts; the model reads host:container[:ro] strings."""
-    if isinstance(data, dict):
-        if set(data) == {"host", "container", "read_only"}:
-            return f"{data['host']}:{data['container']}:{'ro' if data['read_only'] else 'rw'}"
-        return {k: _volumes_as_text(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_volumes_as_text(v) for v in data]
-    return data
 
 
 def test_status_is_normalised_like_the_crd_prunes_it() -> None:

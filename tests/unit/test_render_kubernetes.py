@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from xw_operator.devices import DevicesConfig, load_devices_config, packaged_devices_config_path, parse_devices_config
+import builders
+from xw_operator.devices import DevicesConfig, load_devices_config
 from xw_operator.errors import ResolveError
-from xw_operator.instance import ModelInstance, parse_instance
+from xw_operator.instance import ModelInstance
 from xw_operator.labels import CHIP_KEY, INSTANCE_KEY, MANAGED_BY_KEY, MODEL_INSTANCE_KEY, NAME_KEY, selector_labels
 from xw_operator.plan import ModelSource, resolve
 from xw_operator.render_kubernetes import ENGINE_CONTAINER, endpoint, render_kubernetes
@@ -20,36 +22,8 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 UID = "0b0e6f4e-5f7a-4a43-9d43-1b6f6c1f2f00"
 
 
-def instance(
-    chip: str,
-    count: int,
-    *,
-    name: str = "demo",
-    namespace: str | None = "llm",
-    uid: str | None = UID,
-    source: dict[str, Any] | None = None,
-    engine: dict[str, Any] | None = None,
-    metadata: dict[str, Any] | None = None,
-    **spec: Any,
-) -> ModelInstance:
-    meta: dict[str, Any] = {"name": name, **(metadata or {})}
-    if namespace:
-        meta["namespace"] = namespace
-    if uid:
-        meta["uid"] = uid
-    return parse_instance(
-        {
-            "apiVersion": "xw.dev/v1alpha1",
-            "kind": "ModelInstance",
-            "metadata": meta,
-            "spec": {
-                "model": {"name": "org/model", "source": source or {"hostPath": "/data/models/demo"}},
-                "engine": engine or {"name": "vllm"},
-                "devices": {"chip": chip, "count": count},
-                **spec,
-            },
-        }
-    )
+# This suite's habitual instance: namespaced, with a uid (owner references) and a served model name.
+instance = functools.partial(builders.instance, namespace="llm", uid=UID, model_name="org/model")
 
 
 def render(inst: ModelInstance, config: DevicesConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -89,13 +63,11 @@ def host_device_config() -> DevicesConfig:
 
 def shipped_with(changes: dict[str, Any]) -> DevicesConfig:
     """The shipped devices.yaml with ``kubernetes`` blocks replaced per config_key."""
-    data = yaml.safe_load(packaged_devices_config_path().read_text())
-    for vendor in data["vendors"]:
-        for chip in vendor["chip_models"]:
-            if chip["config_key"] in changes:
-                chip["kubernetes"] = changes[chip["config_key"]]
+    data = builders.devices_doc()
+    for key, kubernetes in changes.items():
+        builders.chip_doc(data, key)["kubernetes"] = kubernetes
     data["policy"]["model_host_path_prefixes"] = ["/data"]  # the instances' hostPath model source
-    return parse_devices_config(yaml.safe_dump(data))
+    return builders.devices_config(data)
 
 
 # --- device-plugin mode -----------------------------------------------------------------------------
@@ -255,12 +227,9 @@ def test_driver_mount_without_ro_is_read_only_unless_a_cache(host_device_config:
 
 
 def test_a_driver_mount_over_shm_is_refused() -> None:
-    text = (
-        (GOLDEN / "host-device-devices.yaml")
-        .read_text()
-        .replace("- /var/cache/acme:/var/cache/acme", "- /run/shm:/dev/shm/")
-    )
-    config = parse_devices_config(text)
+    data = builders.devices_doc(GOLDEN / "host-device-devices.yaml")
+    builders.chip_doc(data, "acme-npu")["ext_sandboxes"]["volumes"].append("/run/shm:/dev/shm/")
+    config = builders.devices_config(data)
     inst = instance("acme-npu", 1)
     with pytest.raises(ResolveError, match=r"chip acme-npu: two volumes mount at /dev/shm \(shm and host-dev-shm\)"):
         render_kubernetes(inst, resolve(inst, config).bind())

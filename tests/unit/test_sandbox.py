@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
+import builders
 from xw_operator.code_sandboxes import CambriconMluSandbox
-from xw_operator.devices import DevicesConfig, parse_devices_config
+from xw_operator.devices import DevicesConfig
 from xw_operator.errors import ResolveError
 from xw_operator.sandbox import ConfigSandbox, SandboxRegistry, select_sandbox
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def sandbox(config: DevicesConfig, chip: str, engine: str) -> ConfigSandbox:
@@ -107,7 +103,7 @@ def test_code_sandbox_used_when_config_has_none(seed_config: DevicesConfig) -> N
 
 
 def test_config_entry_for_same_chip_wins_over_code(seed_config: DevicesConfig) -> None:
-    data = yaml.safe_load((FIXTURES / "seed-devices.yaml").read_text())
+    data = builders.devices_doc(builders.SEED_DEVICES)
     data["vendors"].append(
         {
             "vendor_name": "Cambricon",
@@ -125,7 +121,7 @@ def test_config_entry_for_same_chip_wins_over_code(seed_config: DevicesConfig) -
             ],
         }
     )
-    config = parse_devices_config(yaml.safe_dump(data))
+    config = builders.devices_config(data)
     sb = select_sandbox(config, "cambricon-mlu370", "vllm")
     assert isinstance(sb, ConfigSandbox)
     assert [n.host for n in sb.device_nodes([1])] == ["/dev/mlu1", "/dev/mlu_ctl"]
