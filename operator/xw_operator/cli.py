@@ -6,7 +6,6 @@ Exit codes: 0 success; 2 bad input (one clear line on stderr, nothing on stdout)
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import click
@@ -23,6 +22,7 @@ from xw_operator.plan import Plan, resolve
 from xw_operator.policy import Backend
 from xw_operator.render_docker import render_docker
 from xw_operator.render_lws import render_workload
+from xw_operator.settings import settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,8 +63,7 @@ def render_instance_docker(
     refuse_multi_node_on_docker(instance.spec.devices.nodes, f"ModelInstance {instance.name}")
     plan = resolve_for(instance, config, arch, "docker")
     # Docker mode backs an engine's work directory with <state dir>/work/<instance> (xw run creates it).
-    state = os.path.expanduser(os.environ.get("XW_STATE_DIR") or "~/.xw")
-    work = os.path.join(state, "work", instance.name) if plan.work_dir else None
+    work = str(settings().state_dir.expanduser() / "work" / instance.name) if plan.work_dir else None
     return render_docker(plan, server_name=server_name, host_port=plan.requested_host_port, work_host_dir=work)
 
 

@@ -69,4 +69,3 @@ class CambriconMluSandbox:
 
     def kubernetes(self) -> KubernetesProfile | None:
         return KubernetesProfile(resource_name="cambricon.com/mlu", plugin_env=["CAMBRICON_VISIBLE_DEVICES"])
-

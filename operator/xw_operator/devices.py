@@ -32,12 +32,12 @@ from xw_operator.engines import EngineDefinition
 from xw_operator.errors import ConfigError
 from xw_operator.policy import normalise_host_path, prefix_parts
 from xw_operator.recipes import Recipes, load_recipes
+from xw_operator.settings import settings
 from xw_operator.validation import describe
 
 ARCHES = ("amd64", "arm64")
 NONE_IMAGE = "NONE"
 DEFAULT_SHM_GB = 16.0  # the seed's default when an engine block names none
-ENV_DEVICES_CONFIG = "XW_DEVICES_CONFIG"
 _COMMON_SANDBOX_KEYS = ("devices", "volumes", "runtime")
 _HEX = re.compile(r"^0x[0-9a-fA-F]{1,8}$")
 _TRAILING_DIGITS = re.compile(r"^(.*?)(\d+)$")
@@ -468,5 +468,6 @@ def packaged_devices_config_path() -> Path:
 
 def default_devices_config_path(explicit: str | None = None) -> Path:
     """An explicit path, else ``XW_DEVICES_CONFIG``, else the shipped file."""
-    chosen = explicit or os.environ.get(ENV_DEVICES_CONFIG)
-    return Path(chosen) if chosen else packaged_devices_config_path()
+    if explicit:
+        return Path(explicit)
+    return settings().devices_config or packaged_devices_config_path()

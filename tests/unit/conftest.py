@@ -9,6 +9,13 @@ import pytest
 
 import builders
 from xw_operator.devices import DevicesConfig, load_devices_config, packaged_devices_config_path
+from xw_operator.settings import settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> None:
+    """Settings are read once per process; a test that sets XW_* variables must see them."""
+    settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from xw_operator.docker_mode.allocation import (
     find_group,
     holding_from_labels,
     parse_indices,
-    parse_port_range,
     used_indices,
 )
 from xw_operator.docker_mode.errors import RuntimeFailure
@@ -130,7 +129,3 @@ def test_choose_port() -> None:
         choose_port(18001, {}, free)
     with pytest.raises(RuntimeFailure, match="no free host port in 18000-18001"):
         choose_port(None, {18000: "a"}, free, (18000, 18001))
-    assert parse_port_range("20000-20010") == (20000, 20010)
-    assert parse_port_range(None) == (18000, 18999)
-    with pytest.raises(RuntimeFailure):
-        parse_port_range("20010-20000")

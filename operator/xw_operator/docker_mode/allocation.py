@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 from xw_operator.devices import DevicesConfig
 from xw_operator.render_docker import LABEL_CHIP, LABEL_DEVICE_INDICES, LABEL_HOST_PORT, LABEL_INSTANCE_ID
+from xw_operator.settings import DEFAULT_PORT_RANGE
 from xw_operator.topology import best_indices
 
 from .errors import RuntimeFailure
 from .sysfs import ChipGroup
-
-DEFAULT_PORT_RANGE = (18000, 18999)
 
 
 @dataclass(frozen=True)
@@ -147,16 +146,3 @@ def choose_port(
         if port not in used and bindable(port):
             return port
     raise RuntimeFailure("port allocation", f"no free host port in {low}-{high} (set XW_PORT_RANGE or spec.port)")
-
-
-def parse_port_range(text: str | None) -> tuple[int, int]:
-    if not text:
-        return DEFAULT_PORT_RANGE
-    try:
-        low_s, high_s = text.split("-", 1)
-        low, high = int(low_s), int(high_s)
-    except ValueError:
-        raise RuntimeFailure("port allocation", f"XW_PORT_RANGE={text!r} is not LOW-HIGH") from None
-    if not 1 <= low <= high <= 65535:
-        raise RuntimeFailure("port allocation", f"XW_PORT_RANGE={text!r} is not a valid range")
-    return low, high

@@ -9,7 +9,6 @@ cannot: the server name, the host lock and "stopped on purpose" markers.
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import shutil
 import socket
@@ -45,6 +44,7 @@ from xw_operator.render_docker import (
     docker_model_volume,
     render_docker,
 )
+from xw_operator.settings import settings
 
 from . import state
 from .allocation import (
@@ -54,7 +54,6 @@ from .allocation import (
     find_group,
     holding_from_labels,
     parse_indices,
-    parse_port_range,
     used_indices,
 )
 from .errors import NotFound, RuntimeFailure
@@ -168,7 +167,7 @@ class DockerRuntime:
         self.state_dir = state_dir or state.state_dir()
         self.server_name = state.server_name(self.state_dir)
         self.sysfs_root = sysfs_root
-        self.port_range = port_range or parse_port_range(os.environ.get("XW_PORT_RANGE"))
+        self.port_range = port_range or settings().port_range
         self.arch = arch or host_arch()
         self.out = out
         # Where pull bars and the readiness line are drawn; live views only when it and stdout are terminals.

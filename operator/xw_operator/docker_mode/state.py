@@ -20,9 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from xw_operator.errors import XwError
+from xw_operator.settings import settings
 
-STATE_DIR_ENV = "XW_STATE_DIR"
-DEFAULT_STATE_DIR = "~/.xw"
 SERVER_NAME_FILE = "server_name"
 LOCK_FILE = "docker.lock"
 STOPPED_DIR = "stopped"
@@ -32,7 +31,7 @@ _NAME_OK = re.compile(r"[^a-z0-9-]+")
 
 def state_dir() -> Path:
     """``$XW_STATE_DIR`` or ``~/.xw`` (contract), created on first use."""
-    path = Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR).expanduser()
+    path = settings().state_dir.expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

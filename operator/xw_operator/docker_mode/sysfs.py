@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xw_operator.devices import ChipRef, DevicesConfig
-
-SYSFS_ROOT_ENV = "XW_SYSFS_ROOT"
-DEFAULT_SYSFS_ROOT = "/sys"
+from xw_operator.settings import settings
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class ChipGroup:
 
 
 def sysfs_root() -> Path:
-    return Path(os.environ.get(SYSFS_ROOT_ENV) or DEFAULT_SYSFS_ROOT)
+    return settings().sysfs_root
 
 
 def _read_id(path: Path) -> str | None:

@@ -9,7 +9,6 @@ log-to-event bridge stays off (its "Handler succeeded" events would be writes on
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from xw_operator.k8s.client import ApiError, KubeApi, object_path
 from xw_operator.k8s.status import COND_DEGRADED, COND_READY, DEGRADED, FAILED, condition_of
+from xw_operator.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def post_event(api: KubeApi, involved: Mapping[str, Any], event: EventSpec) -> N
         "message": event.message[:MAX_MESSAGE],
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
-        "reportingInstance": os.environ.get("POD_NAME") or socket.gethostname(),
+        "reportingInstance": settings().pod_name or socket.gethostname(),
         "firstTimestamp": now,
         "lastTimestamp": now,
         "count": 1,

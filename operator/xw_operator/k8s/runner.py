@@ -11,7 +11,6 @@ Decisions (see docs/operator.md):
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,11 +25,11 @@ from xw_operator.k8s.handlers import register
 from xw_operator.k8s.reconcile import InvalidSpec, Reconciler
 from xw_operator.k8s.status import FAILED
 from xw_operator.labels import MANAGED_BY, MANAGED_BY_KEY
+from xw_operator.settings import settings as env_settings
 
 log = logging.getLogger("xw_operator.operator")
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
-CONFIG_POLL_SECONDS = float(os.environ.get("XW_CONFIG_POLL_SECONDS", "2"))
 PREFIX = "xw.dev"
 
 
@@ -55,7 +54,7 @@ def operator_settings() -> kopf.OperatorSettings:
     settings.posting.level = logging.WARNING
     # Resource discovery once at start-up: no list/watch of CRDs or namespaces needed (least privilege).
     settings.scanning.disabled = True
-    settings.execution.max_workers = int(os.environ.get("XW_MAX_WORKERS", "8"))
+    settings.execution.max_workers = env_settings().max_workers
     return settings
 
 
@@ -113,11 +112,11 @@ class ConfigReactions:
         event = EventSpec("Warning", "InvalidDevicesConfig", f"refused, last good version stays in force: {error}")
         if isinstance(self.source, ConfigMapSource):
             post_event(self.api, self.source.involved_object, event)
-        elif os.environ.get("POD_NAME") and os.environ.get("POD_NAMESPACE"):
+        elif (env := env_settings()).pod_name and env.pod_namespace:
             pod = {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": os.environ["POD_NAME"], "namespace": os.environ["POD_NAMESPACE"]},
+                "metadata": {"name": env.pod_name, "namespace": env.pod_namespace},
             }
             post_event(self.api, pod, event)
 
@@ -150,7 +149,7 @@ def run_operator(
     register(registry, reconciler, store, multi_node=multi_node)
     reactions = ConfigReactions(api, reconciler, source, namespaces, clusterwide)
     watcher = ConfigWatcher(
-        store, interval=CONFIG_POLL_SECONDS, on_change=reactions.on_change, on_error=reactions.on_error
+        store, interval=env_settings().config_poll_seconds, on_change=reactions.on_change, on_error=reactions.on_error
     )
     watcher.start()
     try:
