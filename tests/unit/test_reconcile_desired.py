@@ -82,10 +82,6 @@ def test_hash_ignores_key_order_and_follows_content(shipped_config: DevicesConfi
     assert spec_hash(edited.deployment) != spec_hash(a)
 
 
-def test_rendering_is_deterministic(shipped_config: DevicesConfig) -> None:
-    assert desired_state(body(), shipped_config).children == desired_state(body(), shipped_config).children
-
-
 def test_live_child_with_the_same_hash_is_current(shipped_config: DevicesConfig) -> None:
     want = desired_state(body(), shipped_config).deployment
     live = copy.deepcopy(want)
