@@ -44,14 +44,6 @@ SourceKind = Literal["hostPath", "pvc", "huggingFace"]
 
 
 @dataclass(frozen=True)
-class SecretRef:
-    """A key of a Secret in the instance's namespace (the value never enters a Plan)."""
-
-    name: str
-    key: str
-
-
-@dataclass(frozen=True)
 class ModelSource:
     """Where the weights come from, as plain data for the renderers (exactly one kind is filled in)."""
 
@@ -61,7 +53,9 @@ class ModelSource:
     pvc_sub_path: str | None = None
     hf_repo: str | None = None
     hf_revision: str | None = None
-    hf_token: SecretRef | None = None
+    # The Secret (in the instance's namespace) and key holding a Hugging Face token; never its value.
+    hf_token_secret: str | None = None
+    hf_token_key: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,8 +314,14 @@ def _model_source(instance: ModelInstance) -> ModelSource:
         return ModelSource("pvc", pvc_claim=source.pvc.claim_name, pvc_sub_path=source.pvc.sub_path)
     hf = source.hugging_face
     if hf is not None:
-        token = SecretRef(hf.token_secret_ref.name, hf.token_secret_ref.key) if hf.token_secret_ref else None
-        return ModelSource("huggingFace", hf_repo=hf.repo, hf_revision=hf.revision, hf_token=token)
+        token = hf.token_secret_ref
+        return ModelSource(
+            "huggingFace",
+            hf_repo=hf.repo,
+            hf_revision=hf.revision,
+            hf_token_secret=token.name if token else None,
+            hf_token_key=token.key if token else None,
+        )
     return ModelSource("hostPath", host_path=source.host_path)
 
 

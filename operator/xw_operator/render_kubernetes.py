@@ -152,15 +152,15 @@ def _pod_spec(instance: ModelInstance, plan: Plan) -> dict[str, Any]:
     if plan.kubernetes and plan.kubernetes.runtime_class_name:
         spec["runtimeClassName"] = plan.kubernetes.runtime_class_name
     spec["nodeSelector"] = _node_selector(instance, plan)
-    tolerations = _tolerations(instance, plan)
-    if tolerations:
-        spec["tolerations"] = tolerations
-    affinity = _affinity(instance, plan)
-    if affinity:
-        spec["affinity"] = affinity
+    _set_unless_empty(spec, tolerations=_tolerations(instance, plan), affinity=_affinity(instance, plan))
     spec["containers"] = [_container(instance, plan, mounts)]
     spec["volumes"] = volumes
     return spec
+
+
+def _set_unless_empty(target: dict[str, Any], **fields: Any) -> None:
+    """Add the fields that have a value, in the given order: empty lists and maps stay out of the objects."""
+    target.update({key: value for key, value in fields.items() if value})
 
 
 def _pod_labels(instance: ModelInstance, plan: Plan) -> dict[str, str]:
@@ -225,9 +225,9 @@ def _env(instance: ModelInstance, plan: Plan) -> list[dict[str, Any]]:
     ref = instance.spec.api_key_secret_ref
     if ref is not None:
         secrets.append((API_KEY_ENV.get(plan.engine, DEFAULT_API_KEY_ENV), ref.name, ref.key, "apiKeySecretRef"))
-    token = plan.model.hf_token
-    if token is not None:
-        secrets.append((HF_TOKEN_ENV, token.name, token.key, "model.source.huggingFace.tokenSecretRef"))
+    hf = plan.model
+    if hf.hf_token_secret and hf.hf_token_key:
+        secrets.append((HF_TOKEN_ENV, hf.hf_token_secret, hf.hf_token_key, "model.source.huggingFace.tokenSecretRef"))
     for name, secret, key, field in secrets:
         if any(e["name"] == name for e in env):
             raise ResolveError(
@@ -292,12 +292,7 @@ def _container(instance: ModelInstance, plan: Plan, mounts: list[dict[str, Any]]
     if plan.args:
         container["args"] = [_escape(a) for a in plan.args]
     container["ports"] = [{"name": PORT_NAME, "containerPort": plan.container_port, "protocol": "TCP"}]
-    env = _env(instance, plan)
-    if env:
-        container["env"] = env
-    resources = _resources(instance, plan)
-    if resources:
-        container["resources"] = resources
+    _set_unless_empty(container, env=_env(instance, plan), resources=_resources(instance, plan))
     container["securityContext"] = container_security_context(
         plan.kubernetes, privileged=_privileged(plan), capabilities=plan.capabilities
     )

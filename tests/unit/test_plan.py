@@ -8,7 +8,7 @@ import pytest
 
 from xw_operator.devices import DevicesConfig
 from xw_operator.errors import ResolveError
-from xw_operator.plan import ModelSource, SecretRef, resolve
+from xw_operator.plan import ModelSource, resolve
 
 
 def test_ascend_plan_fields(shipped_config: DevicesConfig, make_instance: Any) -> None:
@@ -176,7 +176,7 @@ def test_model_source_is_plain_data_in_the_plan(shipped_config: DevicesConfig, m
     )
     hf = {"huggingFace": {"repo": "a/b", "revision": "v1", "tokenSecretRef": {"name": "hf"}}}
     assert resolve(make_instance("ascend-910b", 1, source=hf), shipped_config).model == ModelSource(
-        "huggingFace", hf_repo="a/b", hf_revision="v1", hf_token=SecretRef("hf", "token")
+        "huggingFace", hf_repo="a/b", hf_revision="v1", hf_token_secret="hf", hf_token_key="token"
     )
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -80,8 +81,10 @@ def catalog_instance(
     return parse_instance(doc, source=f"xw run {model}")
 
 
-def _load(filename: str) -> list[ModelInstance]:
-    return load_instances(filename)
+def _open(filename: str, devices_config: str | None) -> tuple[DockerRuntime, list[ModelInstance]]:
+    """FILE's instances (checked first: bad input never waits for Docker) and the runtime."""
+    instances = load_instances(filename)
+    return _runtime(devices_config), instances
 
 
 def _describe(info: InstanceInfo) -> str:
@@ -89,26 +92,58 @@ def _describe(info: InstanceInfo) -> str:
     return f"{info.name}: container {info.container_name}, {info.chip} devices {devices}, {info.endpoint}"
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def docker_command(*options: Callable[[Any], Any]) -> Callable[[Callable[..., None]], click.Command]:
+    """A Docker-mode command: ``options`` in the order given, then --devices-config; the project's
+    error handling (exit 2 for bad input, 1 for runtime failures) around it."""
+
+    def decorate(func: Callable[..., None]) -> click.Command:
+        wrapped: Any = devices_config_option(handle_errors(func))
+        for option in reversed(options):
+            wrapped = option(wrapped)
+        return click.command()(wrapped)
+
+    return decorate
+
+
+def wait_options(default: bool) -> Callable[[F], F]:
+    """--wait/--no-wait and --timeout, shared by run (waits by default) and start (does not)."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--timeout", type=float, default=600, show_default=True, help="Seconds to wait for readiness."
+        )(func)
+        return click.option(
+            "--wait/--no-wait", default=default, show_default=True, help="Wait until the engine is ready."
+        )(func)
+
+    return decorate
+
+
+output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+
 filename_option = click.option(
     "-f", "--filename", "filename", required=True, type=click.Path(dir_okay=False), help="ModelInstance YAML."
 )
 
 
-@click.command()
-@click.argument("model", required=False)
-@click.option("-f", "--filename", "filename", type=click.Path(dir_okay=False), help="ModelInstance YAML.")
-@click.option("--chip", help="MODEL: the chip (config_key or variant_key of devices.yaml).")
-@click.option("--engine", help="MODEL: the engine (default: the first the recipe supports on the chip).")
-@click.option("--devices", "device_count", type=click.IntRange(1, 64), help="MODEL: device count (default: recipe).")
-@click.option("--name", help="MODEL: instance name (default: derived from the model id).")
-@click.option("--port", type=click.IntRange(1, 65535), help="MODEL: host port on 127.0.0.1 (default: a free one).")
-@click.option("--model-path", type=click.Path(file_okay=False), help="MODEL: local weights (default: the hub).")
-@click.option("--image", help="MODEL: override the image.")
-@click.option("--arg", "engine_args", multiple=True, help="MODEL: an extra engine argument (repeatable).")
-@click.option("--no-wait", is_flag=True, help="Return once the container has started.")
-@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for readiness.")
-@devices_config_option
-@handle_errors
+@docker_command(
+    click.argument("model", required=False),
+    click.option("-f", "--filename", "filename", type=click.Path(dir_okay=False), help="ModelInstance YAML."),
+    click.option("--chip", help="MODEL: the chip (config_key or variant_key of devices.yaml)."),
+    click.option("--engine", help="MODEL: the engine (default: the first the recipe supports on the chip)."),
+    click.option(
+        "--devices", "device_count", type=click.IntRange(1, 64), help="MODEL: device count (default: recipe)."
+    ),
+    click.option("--name", help="MODEL: instance name (default: derived from the model id)."),
+    click.option("--port", type=click.IntRange(1, 65535), help="MODEL: host port on 127.0.0.1 (default: a free one)."),
+    click.option("--model-path", type=click.Path(file_okay=False), help="MODEL: local weights (default: the hub)."),
+    click.option("--image", help="MODEL: override the image."),
+    click.option("--arg", "engine_args", multiple=True, help="MODEL: an extra engine argument (repeatable)."),
+    wait_options(default=True),
+)
 def run(
     model: str | None,
     filename: str | None,
@@ -120,7 +155,7 @@ def run(
     model_path: str | None,
     image: str | None,
     engine_args: tuple[str, ...],
-    no_wait: bool,
+    wait: bool,
     timeout: float,
     devices_config: str | None,
 ) -> None:
@@ -153,31 +188,27 @@ def run(
         if given:
             raise XwError(f"{', '.join(given)} apply to xw run MODEL; with -f the file says it")
         assert filename is not None
-        instances = _load(filename)
+        instances = load_instances(filename)
     rt = _runtime(devices_config)
     for instance in instances:
-        info, status = rt.run(instance, wait=not no_wait, timeout=timeout)
+        info, status = rt.run(instance, wait=wait, timeout=timeout)
         click.echo(f"{_describe(info)}: {status.state if status else 'started'}")
 
 
-@click.command()
-@filename_option
-@devices_config_option
-@handle_errors
+@docker_command(
+    filename_option,
+)
 def create(filename: str, devices_config: str | None) -> None:
     """Create the containers for FILE's ModelInstances without starting them (devices are reserved)."""
-    instances = _load(filename)
-    rt = _runtime(devices_config)
+    rt, instances = _open(filename, devices_config)
     for instance in instances:
         click.echo(f"{_describe(rt.create(instance))}: created")
 
 
-@click.command()
-@click.argument("name")
-@click.option("--wait/--no-wait", default=False, help="Wait until ready.")
-@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for readiness.")
-@devices_config_option
-@handle_errors
+@docker_command(
+    click.argument("name"),
+    wait_options(default=False),
+)
 def start(name: str, wait: bool, timeout: float, devices_config: str | None) -> None:
     """Start instance NAME."""
     rt = _runtime(devices_config)
@@ -186,22 +217,20 @@ def start(name: str, wait: bool, timeout: float, devices_config: str | None) -> 
     click.echo(f"{_describe(info)}: {status.state if status else 'started'}")
 
 
-@click.command()
-@click.argument("name")
-@click.option("--timeout", "-t", type=int, default=30, show_default=True, help="Seconds before SIGKILL.")
-@devices_config_option
-@handle_errors
+@docker_command(
+    click.argument("name"),
+    click.option("--timeout", "-t", type=int, default=30, show_default=True, help="Seconds before SIGKILL."),
+)
 def stop(name: str, timeout: int, devices_config: str | None) -> None:
     """Stop instance NAME gracefully (it keeps its devices and port until removed)."""
     _runtime(devices_config).stop(name, timeout=timeout)
     click.echo(f"{name}: stopped")
 
 
-@click.command()
-@click.argument("name")
-@click.option("--force", is_flag=True, help="Remove even when running.")
-@devices_config_option
-@handle_errors
+@docker_command(
+    click.argument("name"),
+    click.option("--force", is_flag=True, help="Remove even when running."),
+)
 def rm(name: str, force: bool, devices_config: str | None) -> None:
     """Remove instance NAME (its devices and port become free)."""
     _runtime(devices_config).remove(name, force=force)
@@ -233,44 +262,34 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
-@click.command()
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@devices_config_option
-@handle_errors
+def _emit(rows: list[dict[str, Any]], output: str, columns: list[tuple[str, str]]) -> None:
+    """Rows as a JSON list (every field) or as a table of ``columns`` (header, key)."""
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(_table(rows, columns))
+
+
+@docker_command(
+    output_option,
+)
 def ps(output: str, devices_config: str | None) -> None:
     """List this host's instances with their state (probed now: ready needs the engine's health and ready
     paths), and the containers xw-cli runs on this host (OWNER xw-cli; xw never changes them unasked)."""
     rt = _runtime(devices_config)
     rows = [_row(info, rt.status(info)) for info in rt.list_instances(include_xw_cli=True)]
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        row["state"] = row["state"] if row["exit_code"] is None else f"{row['state']} ({row['exit_code']})"
-        row["devices"] = ",".join(map(str, row["devices"]))
-    click.echo(
-        _table(
-            rows,
-            [
-                ("NAME", "name"),
-                ("STATE", "state"),
-                ("CHIP", "chip"),
-                ("DEVICES", "devices"),
-                ("OWNER", "owner"),
-                ("ENDPOINT", "endpoint"),
-                ("MODEL", "model"),
-                ("DETAIL", "detail"),
-            ],
-        )
-    )
+    if output == "table":
+        for row in rows:
+            row["state"] = row["state"] if row["exit_code"] is None else f"{row['state']} ({row['exit_code']})"
+            row["devices"] = ",".join(map(str, row["devices"]))
+    _emit(rows, output, PS_COLUMNS)
 
 
-@click.command()
-@click.argument("name")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
-@click.option("--tail", type=int, default=None, help="Only the last N lines.")
-@devices_config_option
-@handle_errors
+@docker_command(
+    click.argument("name"),
+    click.option("-f", "--follow", is_flag=True, help="Keep printing new output."),
+    click.option("--tail", type=int, default=None, help="Only the last N lines."),
+)
 def logs(name: str, follow: bool, tail: int | None, devices_config: str | None) -> None:
     """Print the engine's output (stdout and stderr) of instance NAME."""
     out = sys.stdout.buffer
@@ -279,10 +298,9 @@ def logs(name: str, follow: bool, tail: int | None, devices_config: str | None) 
         out.flush()
 
 
-@click.command()
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@devices_config_option
-@handle_errors
+@docker_command(
+    output_option,
+)
 def devices(output: str, devices_config: str | None) -> None:
     """Accelerators detected in sysfs ($XW_SYSFS_ROOT), their indices and which instance holds each."""
     rt = _runtime(devices_config)
@@ -301,28 +319,13 @@ def devices(output: str, devices_config: str | None) -> None:
                     "instance": used.get(chip.index),
                 }
             )
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(
-        _table(
-            rows,
-            [
-                ("CHIP", "chip"),
-                ("VARIANT", "variant"),
-                ("INDEX", "index"),
-                ("PCI", "pci_address"),
-                ("INSTANCE", "instance"),
-            ],
-        )
-    )
+    _emit(rows, output, DEVICES_COLUMNS)
 
 
-@click.command()
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--all", "show_all", is_flag=True, help="Also models that run on no chip of this host.")
-@devices_config_option
-@handle_errors
+@docker_command(
+    output_option,
+    click.option("--all", "show_all", is_flag=True, help="Also models that run on no chip of this host."),
+)
 def models(output: str, show_all: bool, devices_config: str | None) -> None:
     """The model catalog (models.yaml beside devices.yaml) and what runs on the chips this host has."""
     from .sysfs import discover
@@ -353,26 +356,39 @@ def models(output: str, show_all: bool, devices_config: str | None) -> None:
                 "supported": {c: [e.split(":", 1)[0] for e in es] for c, es in model.supported_devices.items()},
             }
         )
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not host_keys:
-        click.echo("no supported chips detected on this host (`xw devices`); showing the catalog", err=True)
-    for row in rows:
-        row["here"] = "; ".join(f"{h['chip']}: {', '.join(h['engines'])}" for h in row["runs_here"]) or "-"
-        row["chips"] = ", ".join(row["supported"])
-    click.echo(
-        _table(
-            rows,
-            [
-                ("MODEL", "model"),
-                ("PARAMS(B)", "parameters_b"),
-                ("RUNS HERE (chip: engines)", "here"),
-                ("SUPPORTED CHIPS", "chips"),
-                ("SOURCE", "source"),
-            ],
-        )
-    )
+    if output == "table":
+        if not host_keys:
+            click.echo("no supported chips detected on this host (`xw devices`); showing the catalog", err=True)
+        for row in rows:
+            row["here"] = "; ".join(f"{h['chip']}: {', '.join(h['engines'])}" for h in row["runs_here"]) or "-"
+            row["chips"] = ", ".join(row["supported"])
+    _emit(rows, output, MODELS_COLUMNS)
 
+
+# Table columns (header, row key) of ps, devices and models; -o json prints every key.
+PS_COLUMNS = [
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("CHIP", "chip"),
+    ("DEVICES", "devices"),
+    ("OWNER", "owner"),
+    ("ENDPOINT", "endpoint"),
+    ("MODEL", "model"),
+    ("DETAIL", "detail"),
+]
+DEVICES_COLUMNS = [
+    ("CHIP", "chip"),
+    ("VARIANT", "variant"),
+    ("INDEX", "index"),
+    ("PCI", "pci_address"),
+    ("INSTANCE", "instance"),
+]
+MODELS_COLUMNS = [
+    ("MODEL", "model"),
+    ("PARAMS(B)", "parameters_b"),
+    ("RUNS HERE (chip: engines)", "here"),
+    ("SUPPORTED CHIPS", "chips"),
+    ("SOURCE", "source"),
+]
 
 COMMANDS = [run, create, start, stop, rm, ps, logs, devices, models]
