@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import builders
+from xw_operator.cli import main
 from xw_operator.errors import ConfigError
 from xw_operator.settings import Settings, markdown_table
 
@@ -47,15 +47,9 @@ def test_bad_value_is_one_line_naming_the_variable(environ: dict[str, str], mess
 def test_cli_reports_a_bad_variable_with_exit_2(tmp_path: Path) -> None:
     """Settings are read as a whole, so any command names a bad variable (not only the one that uses it)."""
     path = builders.write_yaml(tmp_path / "mi.yaml", builders.instance_doc())
-    proc = subprocess.run(
-        [sys.executable, "-m", "xw_operator", "render", "-f", str(path)],
-        env={"XW_MAX_WORKERS": "many"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr.splitlines() == [
+    result = CliRunner().invoke(main, ["render", "-f", str(path)], env={"XW_MAX_WORKERS": "many"})
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
         "error: environment: XW_MAX_WORKERS: Input should be a valid integer, unable to parse string as an integer"
     ]
 
