@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
 from xw_operator.devices import (
@@ -26,7 +25,8 @@ from xw_operator.devices import (
     VolumeSpec,
     device_index,
 )
-from xw_operator.errors import ConfigError, NoSandbox, UnknownChip
+from xw_operator.errors import NoSandbox, UnknownChip
+from xw_operator.plugins import load_plugins
 
 GIB = 1024**3
 
@@ -197,24 +197,7 @@ def load_registry(group: str = ENTRY_POINT_GROUP) -> SandboxRegistry:
     A broken one is a :class:`ConfigError` naming it (an installation problem the admin must fix), raised
     only when a code sandbox is actually needed: chips configured in devices.yaml never load these.
     """
-    registry = SandboxRegistry()
-    for entry in sorted(entry_points(group=group), key=lambda e: e.name):
-        for sandbox in _made_by(entry, group):
-            registry.register(sandbox)
-    return registry
-
-
-def _made_by(entry: EntryPoint, group: str) -> list[DeviceSandbox]:
-    where = f"code sandbox entry point {entry.name} = {entry.value} (group {group})"
-    try:
-        made = entry.load()()
-    except Exception as exc:  # a vendor's package: any failure is reported the same way
-        raise ConfigError(f"{where} failed to load: {type(exc).__name__}: {exc}") from None
-    sandboxes = list(made) if isinstance(made, Iterable) else [made]
-    for sandbox in sandboxes:
-        if not isinstance(sandbox, DeviceSandbox):
-            raise ConfigError(f"{where} returned {type(sandbox).__name__}, not a DeviceSandbox")
-    return sandboxes
+    return SandboxRegistry(load_plugins(group, DeviceSandbox, "code sandbox"))  # type: ignore[type-abstract]
 
 
 @functools.cache
