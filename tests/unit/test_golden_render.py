@@ -1,6 +1,6 @@
 """Golden renderings of every shipped sample for both backends, plus the fields that matter.
 
-The golden files under tests/golden/render/ were reviewed by hand once; any change to what a sample
+The golden files tests/golden/render-<sample>.<backend>.* were reviewed by hand once; any change to what a sample
 renders to shows up here as a diff to review. After an intended change, regenerate them with
 ``XW_UPDATE_GOLDEN=1 pytest tests/unit/test_golden_render.py`` and review ``git diff tests/golden``.
 The assertions below hold whatever the goldens say: the device count reaches the pod's resource limit
@@ -23,7 +23,7 @@ import builders
 from xw_operator.cli import main
 from xw_operator.devices import device_index
 
-GOLDEN = builders.REPO / "tests" / "golden" / "render"
+GOLDEN = builders.REPO / "tests" / "golden"
 SAMPLES = sorted(builders.SAMPLES.glob("*.yaml"))
 BACKENDS = {"kubernetes": "yaml", "docker": "json"}
 
@@ -37,7 +37,7 @@ def render(sample: Path, backend: str) -> str:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s.stem for s in SAMPLES])
 def test_sample_renders_as_reviewed(sample: Path, backend: str) -> None:
-    golden = GOLDEN / f"{sample.stem}.{backend}.{BACKENDS[backend]}"
+    golden = GOLDEN / f"render-{sample.stem}.{backend}.{BACKENDS[backend]}"
     text = render(sample, backend)
     if os.environ.get("XW_UPDATE_GOLDEN"):
         golden.write_text(text, encoding="utf-8")
