@@ -35,7 +35,7 @@ from xw_operator.engines import (
 )
 from xw_operator.errors import ImageNotAvailable, PolicyRefused, ResolveError
 from xw_operator.instance import ModelInstance
-from xw_operator.policy import Backend, check_image, check_placement, host_path_refusal
+from xw_operator.policy import Backend, check_image, host_path_refusal, placement_refusal
 from xw_operator.recipes import RecipeChoice
 from xw_operator.sandbox import DeviceNode, DeviceSandbox, SandboxRegistry, select_sandbox
 from xw_operator.topology import best_indices
@@ -293,9 +293,11 @@ def _check_policy(instance: ModelInstance, config: DevicesConfig, sandbox: Devic
             raise PolicyRefused(refusal, reason="HostPathNotAllowed")
     if backend == "kubernetes":
         kube = sandbox.kubernetes()
-        check_placement(
+        refusal = placement_refusal(
             spec.node_selector, spec.tolerations, spec.affinity, kube.node_selector if kube else {}, spec.devices.chip
         )
+        if refusal:
+            raise PolicyRefused(refusal, reason="PlacementNotAllowed")
 
 
 def _configured_images(config: DevicesConfig, sandbox: DeviceSandbox, chip_key: str, engine: str) -> list[str]:

@@ -249,15 +249,3 @@ def placement_refusal(
                         f"contradicts chip {chip}'s node selector {key}={profile_selector[key]!r} (devices.yaml)"
                     )
     return None
-
-
-def check_placement(
-    node_selector: Mapping[str, str],
-    tolerations: Iterable[Any],
-    affinity: Any,
-    profile_selector: Mapping[str, str],
-    chip: str,
-) -> None:
-    why = placement_refusal(node_selector, tolerations, affinity, profile_selector, chip)
-    if why:
-        raise PolicyRefused(why, reason="PlacementNotAllowed")

@@ -23,7 +23,9 @@ from xw_operator.k8s.reconcile import desired_state
 from xw_operator.plan import resolve
 from xw_operator.render_docker import render_docker
 
-shipped = load_devices_config(builders.SHIPPED_DEVICES)
+shipped_doc = builders.devices_doc()
+shipped_doc["policy"]["model_host_path_prefixes"] = ["/data"]  # the hostPath cases below
+shipped = builders.devices_config(shipped_doc)
 host_device = load_devices_config(builders.REPO / "tests/golden/host-device-devices.yaml")
 def doc(chip, count, **spec):
     return builders.instance_doc(chip, count, namespace="n", uid="u", **spec)

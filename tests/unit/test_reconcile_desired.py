@@ -120,6 +120,7 @@ def test_bad_input_is_invalid_spec_with_a_reason(
 def test_no_image_for_any_architecture_names_the_field(shipped_config: DevicesConfig) -> None:
     data = builders.devices_doc()
     builders.chip_doc(data, "ascend-910b")["runtime_images"]["vllm"]["arm64"] = "NONE"
+    data["policy"]["model_host_path_prefixes"] = ["/data"]  # the instance's hostPath source
     config = builders.devices_config(data)
     with pytest.raises(InvalidSpec) as err:
         desired_state(body(), config)
