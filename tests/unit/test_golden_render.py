@@ -1,11 +1,11 @@
 """Golden renderings of every shipped sample for both backends, plus the fields that matter.
 
-The golden files tests/golden/render-<sample>.<backend>.* were reviewed by hand once; any change to what a sample
-renders to shows up here as a diff to review. After an intended change, regenerate them with
+The golden files tests/golden/render-<sample>.<backend>.* were reviewed by hand once; any change to what
+a sample renders to shows up here as a diff to review. After an intended change, regenerate them with
 ``XW_UPDATE_GOLDEN=1 pytest tests/unit/test_golden_render.py`` and review ``git diff tests/golden``.
 The assertions below hold whatever the goldens say: the device count reaches the pod's resource limit
-and Docker's device list, and the model source reaches the mounts. Multi-node samples (configs/samples/multi-node/) render a
-LeaderWorkerSet; their goldens were recorded with multi-node support (i15).
+and Docker's device list, and the model source reaches the mounts. Multi-node samples
+(configs/samples/multi-node/) render a LeaderWorkerSet; their goldens came with multi-node support.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ MULTI_NODE_SAMPLES = sorted((builders.SAMPLES / "multi-node").glob("*.yaml"))
 def test_multi_node_sample_renders_a_leaderworkerset_as_golden(sample: Path) -> None:
     result = CliRunner().invoke(main, ["render", "-f", str(sample)])
     assert result.exit_code == 0, result.output
-    golden = builders.REPO / "tests" / "golden" / f"render-multinode-{sample.stem}.kubernetes.yaml"
+    golden = GOLDEN / f"render-multinode-{sample.stem}.kubernetes.yaml"
     if os.environ.get("XW_UPDATE_GOLDEN") == "1":
         golden.write_text(result.stdout)
     assert result.stdout == golden.read_text()
