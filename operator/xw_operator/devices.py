@@ -23,7 +23,6 @@ from pydantic import (
     Field,
     PlainSerializer,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -33,7 +32,7 @@ from xw_operator.errors import ConfigError
 from xw_operator.policy import normalise_host_path, prefix_parts
 from xw_operator.recipes import Recipes, load_recipes
 from xw_operator.settings import settings
-from xw_operator.validation import describe
+from xw_operator.validation import parse_config_document
 
 ARCHES = ("amd64", "arm64")
 NONE_IMAGE = "NONE"
@@ -435,18 +434,13 @@ _HexKeepingLoader.add_constructor("tag:yaml.org,2002:int", _int_or_hex_text)
 
 def parse_devices_config(text: str, source: str = "devices.yaml") -> DevicesConfig:
     """Validate devices.yaml text; every failure is a ConfigError naming the source and the field."""
-    try:
-        data = yaml.load(text, Loader=_HexKeepingLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with 'version' and 'vendors' at the top level")
-    try:
-        return DevicesConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe(exc)}") from None
+    return parse_config_document(
+        text,
+        source,
+        DevicesConfig,
+        loader=_HexKeepingLoader,
+        expected="a mapping with 'version' and 'vendors' at the top level",
+    )
 
 
 def load_devices_config(path: str | os.PathLike[str], *, with_recipes: bool = True) -> DevicesConfig:

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from xw_operator.errors import ConfigError, ResolveError
-from xw_operator.validation import describe
+from xw_operator.validation import parse_config_document
 
 MODELS_FILE = "models.yaml"
 RUNTIME_PARAMS_FILE = "runtime_params.yaml"
@@ -160,21 +159,6 @@ class Recipes:
         return None
 
 
-def _parse(text: str, source: str, model: type[BaseModel]) -> Any:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe(exc)}") from None
-
-
 def parse_recipes(
     models_text: str | None,
     params_text: str | None,
@@ -182,8 +166,8 @@ def parse_recipes(
     models_source: str = MODELS_FILE,
     params_source: str = RUNTIME_PARAMS_FILE,
 ) -> Recipes:
-    models = _parse(models_text, models_source, ModelsFile) if models_text is not None else None
-    params = _parse(params_text, params_source, RuntimeParamsFile) if params_text is not None else None
+    models = parse_config_document(models_text, models_source, ModelsFile) if models_text is not None else None
+    params = parse_config_document(params_text, params_source, RuntimeParamsFile) if params_text is not None else None
     sources = tuple(s for s, t in ((models_source, models_text), (params_source, params_text)) if t is not None)
     return Recipes(models, params, sources)
 

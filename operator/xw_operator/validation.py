@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from xw_operator.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -31,3 +37,27 @@ def describe(error: ValidationError, *, limit: int = 5) -> str:
     if more > 0:
         parts.append(f"... and {more} more")
     return "; ".join(parts)
+
+
+def parse_config_document(
+    text: str,
+    source: str,
+    model: type[M],
+    *,
+    loader: Any = yaml.SafeLoader,
+    expected: str = "a mapping at the top level",
+) -> M:
+    """One admin-written YAML file (devices.yaml, models.yaml, ...) validated into ``model``; every failure
+    is a ConfigError naming ``source`` and, for a schema error, the field."""
+    try:
+        data = yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected {expected}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc)}") from None

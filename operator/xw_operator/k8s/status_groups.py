@@ -15,7 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xw_operator.k8s.status import Problem, pod_problems
+from xw_operator.k8s.status import (
+    Problem,
+    _get,  # one nested-lookup helper for both status modules
+    pod_problems,
+)
 from xw_operator.plan import Plan
 
 GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
@@ -42,15 +46,6 @@ class GroupObservation:
     complete: bool
     problems: tuple[Problem, ...]
     ready: int  # groups whose pods are all Ready
-
-
-def _get(obj: Obj | None, *path: str, default: Any = None) -> Any:
-    cur: Any = obj
-    for key in path:
-        if not isinstance(cur, Mapping) or key not in cur:
-            return default
-        cur = cur[key]
-    return cur
 
 
 def _condition_true(obj: Obj | None, ctype: str) -> bool:
