@@ -125,6 +125,16 @@ def _readable_order(node: dict[str, Any]) -> dict[str, Any]:
     return {k: node[k] for k in (*first, *middle, *last) if k in node}
 
 
+# `kubectl scale`, HorizontalPodAutoscaler and KEDA act on spec.replicas through /scale. Current replicas
+# are the pods that exist (status.replicas, like a Deployment's), not the ready ones: an autoscaler that saw
+# only ready pods would count a replica that is still loading its model as missing and add another.
+SCALE_SUBRESOURCE = {
+    "specReplicasPath": ".spec.replicas",
+    "statusReplicasPath": ".status.replicas",
+    "labelSelectorPath": ".status.selector",
+}
+
+
 def _printer_columns() -> list[dict[str, Any]]:
     def column(name: str, kind: str, path: str, description: str, priority: int = 0) -> dict[str, Any]:
         col: dict[str, Any] = {"name": name, "type": kind, "jsonPath": path, "description": description}
@@ -185,7 +195,7 @@ def crd_manifest() -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, "scale": SCALE_SUBRESOURCE},
                     "additionalPrinterColumns": _printer_columns(),
                     "schema": {"openAPIV3Schema": root},
                 }

@@ -598,6 +598,17 @@ class ModelInstanceStatus(StatusModel):
     )
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation the operator last acted on.")
     ready_replicas: int | None = Field(None, ge=0, description="Replicas whose engine answers its readiness probe.")
+    replicas: int | None = Field(
+        None,
+        ge=0,
+        description="Engine pods that exist (the Deployment's status.replicas): the scale subresource's "
+        "current replicas, which an HorizontalPodAutoscaler or KEDA compares with spec.replicas.",
+    )
+    selector: str | None = Field(
+        None,
+        description="Label selector of the engine pods (e.g. xw.dev/model-instance=qwen3-8b): the scale "
+        "subresource's selector, which an autoscaler uses to find the pods whose metrics it reads.",
+    )
     endpoint: str | None = Field(
         None, description="OpenAI-compatible base URL inside the cluster: http://<name>.<namespace>.svc:<port>/v1."
     )

@@ -68,7 +68,23 @@ def test_names_scope_and_version(crd: dict[str, Any], version: dict[str, Any]) -
     assert spec["names"]["shortNames"] == ["mi"]
     assert version["name"] == "v1alpha1"
     assert version["served"] is True and version["storage"] is True
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        # kubectl scale / HPA / KEDA: current replicas are the pods that exist, the selector finds them.
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+
+
+def test_scale_paths_exist_in_the_schema(version: dict[str, Any]) -> None:
+    props = version["schema"]["openAPIV3Schema"]["properties"]
+    for path in version["subresources"]["scale"].values():
+        top, field = path.lstrip(".").split(".")
+        assert field in props[top]["properties"], f"{path} is not in the CRD schema"
+    assert props["status"]["properties"]["selector"]["type"] == "string"
 
 
 def test_printer_columns(version: dict[str, Any]) -> None:

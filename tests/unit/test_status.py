@@ -36,7 +36,7 @@ def deployment(
 ) -> dict[str, Any]:
     return {
         "metadata": {"name": "demo", "generation": generation},
-        "spec": {"replicas": replicas},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"xw.dev/model-instance": "demo"}}},
         "status": {
             "observedGeneration": generation if observed is None else observed,
             "replicas": replicas,
@@ -233,3 +233,31 @@ def test_events_only_on_transitions() -> None:
     assert SCHED_MSG in event.message
     back = transition_event(degraded, compute_status(observed(previous=degraded), now=LATER))
     assert back is not None and back.type == "Normal" and back.reason == "AllReplicasReady"
+
+
+def kstatus_pair(s: dict[str, Any]) -> tuple[str, str]:
+    return cond(s, "Reconciling")["status"], cond(s, "Stalled")["status"]
+
+
+def test_scale_subresource_fields_come_from_the_live_deployment() -> None:
+    s = compute_status(observed(desired_replicas=3, deployment=deployment(replicas=3, ready=1)), now=NOW)
+    assert (s["replicas"], s["readyReplicas"]) == (3, 1)
+    assert s["selector"] == "xw.dev/model-instance=demo"
+    pending = compute_status(observed(deployment=None, children_current=False), now=NOW)
+    assert pending["replicas"] == 0 and "selector" not in pending
+
+
+def test_kstatus_conditions_follow_the_phase() -> None:
+    """Reconciling=True while Pending/Progressing, Stalled=True when Degraded/Failed (Flux reads these)."""
+    ready = compute_status(observed(), now=NOW)
+    assert kstatus_pair(ready) == ("False", "False")
+    rolling = compute_status(observed(deployment=deployment(ready=0)), now=NOW)
+    assert rolling["phase"] == PROGRESSING and kstatus_pair(rolling) == ("True", "False")
+    assert cond(rolling, "Reconciling")["reason"] == "RollingOut"
+    unschedulable = pod(scheduled={"status": "False", "reason": "Unschedulable", "message": SCHED_MSG})
+    stuck = compute_status(observed(deployment=deployment(ready=0), pods=[unschedulable]), now=NOW)
+    assert stuck["phase"] == DEGRADED and kstatus_pair(stuck) == ("False", "True")
+    assert SCHED_MSG in cond(stuck, "Stalled")["message"]
+    f = Failure("UnknownChip", "unknown chip 'tpu-v9'")
+    failed = compute_status(observed(failure=f, deployment=None, children_current=False), now=NOW)
+    assert kstatus_pair(failed) == ("False", "True") and cond(failed, "Stalled")["reason"] == "UnknownChip"

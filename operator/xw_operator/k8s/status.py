@@ -24,7 +24,12 @@ FAILED = "Failed"
 COND_READY = "Ready"
 COND_PROGRESSING = "Progressing"
 COND_DEGRADED = "Degraded"
-CONDITION_TYPES = (COND_READY, COND_PROGRESSING, COND_DEGRADED)
+# kstatus' "abnormal-true" pair (sigs.k8s.io/cli-utils/pkg/kstatus), which Flux's health checks and
+# `kubectl wait`-less GitOps tools read: Reconciling=True -> InProgress, Stalled=True -> Failed. Without
+# Stalled, kstatus can only say InProgress for a Failed instance (Ready=False) and Flux would wait forever.
+COND_RECONCILING = "Reconciling"
+COND_STALLED = "Stalled"
+CONDITION_TYPES = (COND_READY, COND_PROGRESSING, COND_DEGRADED, COND_RECONCILING, COND_STALLED)
 
 # Container waiting reasons that will not fix themselves without a change (image, spec or node).
 BROKEN_WAITING_REASONS = (
@@ -218,21 +223,46 @@ def compute_status(obs: Observed, *, now: str) -> dict[str, Any]:
                 problem.message if stuck and problem else f"rolling out generation {obs.generation}: {progress_text}",
             )
         conds = [ready, progressing, degraded]
+    conds += kstatus_conditions(phase, conds)
 
     status: dict[str, Any] = {
         "phase": phase,
         "readyReplicas": ready_replicas,
+        "replicas": int(_get(dep, "status", "replicas", default=0) or 0) if dep else 0,
         "conditions": stamp_conditions(conds, _get(obs.previous, "conditions", default=[]) or [], now, obs.generation),
     }
     if observed_generation is not None:
         status["observedGeneration"] = observed_generation
     if obs.failure is None and obs.endpoint:
         status["endpoint"] = obs.endpoint
+    if selector := pod_selector(dep):
+        status["selector"] = selector
     if obs.image:
         status["image"] = obs.image
     # The one line a user reads first (kubectl get -o wide, Argo CD): the Ready condition's explanation.
     status["message"] = conds[0]["message"]
     return status
+
+
+def kstatus_conditions(phase: str, conds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Reconciling (Pending, Progressing) and Stalled (Degraded, Failed), with the Ready condition's words."""
+    ready = conds[0]
+    reason, message = str(ready["reason"]), str(ready["message"])
+    reconciling, stalled = phase in (PENDING, PROGRESSING), phase in (DEGRADED, FAILED)
+    return [
+        _cond(COND_RECONCILING, reconciling, reason if reconciling else "Reconciled", message if reconciling else ""),
+        _cond(COND_STALLED, stalled, reason if stalled else "AsExpected", message if stalled else ""),
+    ]
+
+
+def pod_selector(deployment: Obj | None) -> str | None:
+    """The Deployment's pod selector as a label-selector string (``k=v,...``), what /scale reports.
+
+    Read from the live Deployment, not re-derived: it is immutable there, so it is exactly the set of
+    pods an autoscaler must look at.
+    """
+    labels = _get(deployment, "spec", "selector", "matchLabels", default=None) or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None
 
 
 def stamp_conditions(
@@ -266,7 +296,7 @@ def status_differs(current: Obj, desired: Obj) -> bool:
 
 
 # Status keys that may be absent; a merge patch must null them explicitly to remove them.
-OPTIONAL_KEYS = ("observedGeneration", "endpoint", "image", "message")
+OPTIONAL_KEYS = ("observedGeneration", "endpoint", "image", "message", "selector")
 
 
 def status_patch(current: Obj, desired: Obj) -> dict[str, Any]:
