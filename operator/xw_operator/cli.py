@@ -143,6 +143,13 @@ for _command in DOCKER_COMMANDS:
     show_default=True,
     help="Liveness endpoint URL; an empty string disables it.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9090,
+    show_default=True,
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics; 0 disables them.",
+)
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
 @click.option(
     "--multi-node",
@@ -159,6 +166,7 @@ def operator_command(
     devices_config: str | None,
     devices_configmap: str | None,
     liveness: str,
+    metrics_port: int,
     json_logs: bool,
     multi_node: bool,
     verbose: bool,
@@ -178,6 +186,7 @@ def operator_command(
         json_logs=json_logs,
         verbose=verbose,
         multi_node=multi_node,
+        metrics_port=metrics_port,
     )
 
 

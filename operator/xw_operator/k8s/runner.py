@@ -22,6 +22,7 @@ from xw_operator.k8s.client import KubeApi, object_path
 from xw_operator.k8s.config_source import Change, ConfigMapSource, ConfigStore, ConfigWatcher, FileSource, Source
 from xw_operator.k8s.events import EventSpec, post_event
 from xw_operator.k8s.handlers import register
+from xw_operator.k8s.metrics import DEFAULT_METRICS_PORT, wire_metrics
 from xw_operator.k8s.reconcile import InvalidSpec, Reconciler
 from xw_operator.k8s.status import FAILED
 from xw_operator.labels import MANAGED_BY, MANAGED_BY_KEY
@@ -130,6 +131,7 @@ def run_operator(
     json_logs: bool = False,
     verbose: bool = False,
     multi_node: bool = False,
+    metrics_port: int = DEFAULT_METRICS_PORT,
 ) -> None:
     """Run until SIGTERM/SIGINT. Raises ConfigError when the initial devices.yaml is unusable."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
@@ -148,8 +150,12 @@ def run_operator(
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, store, multi_node=multi_node)
     reactions = ConfigReactions(api, reconciler, source, namespaces, clusterwide)
+    # Metrics are wired here, from the outside: reconcile/handler code carries no metrics calls.
+    on_change, on_error = wire_metrics(
+        metrics_port, api, store, reconciler, registry, reactions.on_change, reactions.on_error, verbose=verbose
+    )
     watcher = ConfigWatcher(
-        store, interval=env_settings().config_poll_seconds, on_change=reactions.on_change, on_error=reactions.on_error
+        store, interval=env_settings().config_poll_seconds, on_change=on_change, on_error=on_error
     )
     watcher.start()
     try:
