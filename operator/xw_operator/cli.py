@@ -148,7 +148,10 @@ for _command in DOCKER_COMMANDS:
     type=click.IntRange(0, 65535),
     default=9090,
     show_default=True,
-    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics; 0 disables them.",
+    help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics; 0 disables them.",
+)
+@click.option(
+    "--metrics-address", default="0.0.0.0", show_default=True, help="Address the metrics endpoint listens on."
 )
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
 @click.option(
@@ -167,6 +170,7 @@ def operator_command(
     devices_configmap: str | None,
     liveness: str,
     metrics_port: int,
+    metrics_address: str,
     json_logs: bool,
     multi_node: bool,
     verbose: bool,
@@ -187,6 +191,7 @@ def operator_command(
         verbose=verbose,
         multi_node=multi_node,
         metrics_port=metrics_port,
+        metrics_address=metrics_address,
     )
 
 

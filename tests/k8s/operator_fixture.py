@@ -46,6 +46,7 @@ class OperatorProcess:
         self.devices_path = workdir / "devices.yaml"
         self.devices_path.write_text(SHIPPED_DEVICES.read_text(encoding="utf-8"), encoding="utf-8")
         self.port = free_port()
+        self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         # Multi-node support (LeaderWorkerSet watch) whenever the cluster has the LWS CRD.
@@ -73,6 +74,8 @@ class OperatorProcess:
             "--liveness",
             self.healthz_url,
             *(["--multi-node"] if self.multi_node else []),
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
         ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -91,6 +94,19 @@ class OperatorProcess:
         with urllib.request.urlopen(self.healthz_url, timeout=5) as rsp:
             data: dict[str, Any] = json.loads(rsp.read())
             return data
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's /metrics, as ``{'name{label="v",...}': value}`` (labels sorted)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as rsp:
+            text = rsp.read().decode()
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

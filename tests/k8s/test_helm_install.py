@@ -109,6 +109,8 @@ def operator(cluster: Any, release: Release, tmp_path_factory: pytest.TempPathFa
     port = free_port()
     # The pod serves liveness on 0.0.0.0; on the host only loopback, on a free port.
     args = [f"--liveness=http://127.0.0.1:{port}/healthz" if a.startswith("--liveness=") else a for a in args]
+    args = [a for a in args if not a.startswith("--metrics-")] + [f"--metrics-port={free_port()}"]
+    args.append("--metrics-address=127.0.0.1")
     token = service_account_token(cluster, release.namespace, release.fullname)
     kubeconfig = write_token_kubeconfig(cluster, tmp / "sa.kubeconfig", token, release.namespace)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}

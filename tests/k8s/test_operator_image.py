@@ -112,6 +112,7 @@ def test_image_runs_the_operator_against_the_cluster_to_ready(
         "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "-v", f"{kubeconfig}:/kubeconfig:ro", "-e", "KUBECONFIG=/kubeconfig",
         operator_image, "--namespace", namespace, f"--liveness=http://127.0.0.1:{port}/healthz",
+        "--metrics-address=127.0.0.1", f"--metrics-port={free_port()}",
     )  # fmt: skip
 
     def logs() -> str:

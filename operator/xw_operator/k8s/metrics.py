@@ -322,7 +322,7 @@ def _plural(resource: str) -> str:
 
 
 def wire_metrics(
-    port: int,
+    listen: tuple[str, int],
     api: KubeApi,
     store: ConfigStore,
     reconciler: Reconciler,
@@ -334,6 +334,7 @@ def wire_metrics(
 ) -> tuple[Callable[[Change], None], Callable[[ConfigError], None]]:
     """Instrument one operator and serve its metrics (nothing when ``port`` is 0); returns the config
     watcher's callbacks, counting."""
+    address, port = listen
     if not port:
         return on_change, on_error
     metrics = OperatorMetrics()
@@ -342,5 +343,5 @@ def wire_metrics(
     metrics.watch_config(store)
     metrics.register_handlers(registry)
     metrics.count_kopf_watch_restarts(verbose=verbose)
-    metrics.serve(port)
+    metrics.serve(port, address)
     return metrics.counting(on_change, metrics.config_reloads), metrics.counting(on_error, metrics.config_rejections)

@@ -132,6 +132,7 @@ def run_operator(
     verbose: bool = False,
     multi_node: bool = False,
     metrics_port: int = DEFAULT_METRICS_PORT,
+    metrics_address: str = "0.0.0.0",
 ) -> None:
     """Run until SIGTERM/SIGINT. Raises ConfigError when the initial devices.yaml is unusable."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
@@ -152,7 +153,14 @@ def run_operator(
     reactions = ConfigReactions(api, reconciler, source, namespaces, clusterwide)
     # Metrics are wired here, from the outside: reconcile/handler code carries no metrics calls.
     on_change, on_error = wire_metrics(
-        metrics_port, api, store, reconciler, registry, reactions.on_change, reactions.on_error, verbose=verbose
+        (metrics_address, metrics_port),
+        api,
+        store,
+        reconciler,
+        registry,
+        reactions.on_change,
+        reactions.on_error,
+        verbose=verbose,
     )
     watcher = ConfigWatcher(
         store, interval=env_settings().config_poll_seconds, on_change=on_change, on_error=on_error
