@@ -7,6 +7,7 @@ value, and that the chart's copies of ``crds/`` and ``configs/devices.yaml`` nev
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -142,6 +143,7 @@ def test_default_render_has_every_object_and_nothing_else(helm: str) -> None:
             ("Deployment", f"{RELEASE}-xw-operator"),
             ("Role", f"{RELEASE}-xw-operator-devices-config"),
             ("RoleBinding", f"{RELEASE}-xw-operator-devices-config"),
+            ("Service", f"{RELEASE}-xw-operator-metrics"),
             ("ServiceAccount", f"{RELEASE}-xw-operator"),
         ]
     )  # helm template offline: no ValidatingAdmissionPolicy API advertised, so none (see the next test)
@@ -184,7 +186,10 @@ def test_deployment_is_one_recreated_replica_with_a_locked_down_pod(helm: str) -
     assert c["resources"]["limits"] == {"memory": "512Mi"}
     # Liveness probes the port the operator is told to serve its liveness endpoint on.
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
-    assert c["ports"] == [{"name": "liveness", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "liveness", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert c["image"] == "xw-operator:0.1.0"
     assert c["imagePullPolicy"] == "IfNotPresent"
@@ -197,6 +202,7 @@ def test_default_operator_args_serve_all_namespaces_from_the_configmap(helm: str
         "--all-namespaces",
         f"--devices-configmap={NAMESPACE}/{CONFIGMAP_NAME}",
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--metrics-port=9090",
     ]
 
 
@@ -442,6 +448,55 @@ def test_rbac_create_false_renders_no_rbac(helm: str) -> None:
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
 
 
+# ------------------------------------------------------------------------------------------ monitoring
+
+
+def test_metrics_service_selects_the_operator_pod_on_its_metrics_port(helm: str) -> None:
+    objects = render(helm)
+    svc = one(objects, "Service", f"{RELEASE}-xw-operator-metrics")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    assert not by_kind(objects, "ServiceMonitor") and not by_kind(objects, "PodMonitor")
+
+
+def test_metrics_disabled_turns_the_endpoint_off(helm: str) -> None:
+    objects = render(helm, "--set", "metrics.enabled=false")
+    assert "--metrics-port=0" in container(objects)["args"]
+    assert [p["name"] for p in container(objects)["ports"]] == ["liveness"]
+    assert not by_kind(objects, "Service")
+
+
+def test_service_monitor_pod_monitor_and_dashboard_when_enabled(helm: str) -> None:
+    objects = render(
+        helm,
+        "--set", "metrics.port=9191",
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.serviceMonitor.labels.release=kps",
+        "--set", "metrics.enginePodMonitor.enabled=true",
+        "--set", "watchNamespaces={team-a}",
+        "--set", "grafanaDashboard.enabled=true",
+    )  # fmt: skip
+    assert "--metrics-port=9191" in container(objects)["args"]
+    sm = one(objects, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "kps"
+    svc = one(objects, "Service", f"{RELEASE}-xw-operator-metrics")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    pm = one(objects, "PodMonitor")
+    # Every engine pod the operator manages, on the engine container's port name, in the served namespaces.
+    assert pm["spec"]["selector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "xw-operator"}}
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    dashboard = one(objects, "ConfigMap", f"{RELEASE}-xw-operator-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["xw-operator.json"])
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    for metric in ("xw_operator_instances", "xw_operator_reconciles_total", "xw_operator_api_writes_total",
+                   "xw_operator_reconcile_duration_seconds_bucket", "vllm:num_requests_waiting"):  # fmt: skip
+        assert metric in exprs, metric
+
+
 # ------------------------------------------------------------------------------------------ bad values
 
 
@@ -454,6 +509,9 @@ def test_rbac_create_false_renders_no_rbac(helm: str) -> None:
         (["--set", "watchNamespaces={Team_A}"], "watchNamespaces"),
         (["--set", "logFormat=xml"], "logFormat"),
         (["--set", "livenessPort=80"], "livenessPort"),
+        (["--set", "metrics.port=80"], "metrics.port"),
+        (["--set", "metrics.serviceMonitor.interval=soon"], "interval"),
+        (["--set", "metrics.enginePodMonitor.path=metrics"], "path"),
         (["--set", "installCRDs=maybe"], "installCRDs"),
         (["--set", "multiNode.enable=true"], "additional properties 'enable' not allowed"),
         (["--set", "resources.requests.memory=lots"], "memory"),
