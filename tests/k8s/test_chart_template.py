@@ -509,7 +509,7 @@ def test_service_monitor_pod_monitor_and_dashboard_when_enabled(helm: str) -> No
         (["--set", "watchNamespaces={Team_A}"], "watchNamespaces"),
         (["--set", "logFormat=xml"], "logFormat"),
         (["--set", "livenessPort=80"], "livenessPort"),
-        (["--set", "metrics.port=80"], "metrics.port"),
+        (["--set", "metrics.port=80"], "/metrics/port"),
         (["--set", "metrics.serviceMonitor.interval=soon"], "interval"),
         (["--set", "metrics.enginePodMonitor.path=metrics"], "path"),
         (["--set", "installCRDs=maybe"], "installCRDs"),
