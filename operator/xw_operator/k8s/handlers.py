@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from xw_operator.instance import GROUP, PLURAL, VERSION
+from xw_operator.k8s.child_events import ChildEvents
 from xw_operator.k8s.client import ApiError
 from xw_operator.k8s.config_source import ConfigStore
 from xw_operator.k8s.reconcile import InvalidSpec, Reconciler
@@ -46,6 +47,7 @@ def register(
     ``multi_node`` adds the LeaderWorkerSet watch: only then, so an operator without multi-node support
     needs neither the LWS CRD nor RBAC on it."""
     selector: dict[str, str] = {MANAGED_BY_KEY: MANAGED_BY}
+    child_events = ChildEvents()  # which child events can change status (the rest cost no API call)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -70,7 +72,7 @@ def register(
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
     def child_changed(body: Mapping[str, Any], type: str | None = None, **_: Any) -> None:
         owner = _owner(body)
-        if owner is None:
+        if owner is None or not child_events.matters(type, body):
             return
         kind = body.get("kind")
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -94,19 +95,26 @@ class ConfigReactions:
         )
         # A policy change (tightened or relaxed) can affect every instance, whatever its chip.
         policy_changed = change.old.policy != change.new.policy
-        for body in self.instances():
-            meta = body["metadata"]
-            chip = ((body.get("spec") or {}).get("devices") or {}).get("chip")
-            failed = (body.get("status") or {}).get("phase") == FAILED
-            if chip not in change.chips and not failed and not policy_changed:
-                continue  # untouched: its rendering cannot have changed
-            try:
-                applied = self.reconciler.reconcile(meta["namespace"], meta["name"])
-                log.info("re-reconciled %s/%s after config change: %s", meta["namespace"], meta["name"], applied)
-            except InvalidSpec as exc:
-                log.warning("%s/%s is invalid under the new devices config: %s", meta["namespace"], meta["name"], exc)
-            except Exception:
-                log.exception("re-reconcile of %s/%s failed", meta["namespace"], meta["name"])
+        affected = [
+            body
+            for body in self.instances()
+            if policy_changed
+            or ((body.get("spec") or {}).get("devices") or {}).get("chip") in change.chips
+            or (body.get("status") or {}).get("phase") == FAILED  # untouched ones cannot render differently
+        ]
+        # In parallel, as kopf's handlers run: 100 affected instances must not wait for each other in turn.
+        with ThreadPoolExecutor(max_workers=env_settings().max_workers, thread_name_prefix="devices-reload") as pool:
+            list(pool.map(self._reconcile_after_change, affected))
+
+    def _reconcile_after_change(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        try:
+            applied = self.reconciler.reconcile(meta["namespace"], meta["name"])
+            log.info("re-reconciled %s/%s after config change: %s", meta["namespace"], meta["name"], applied)
+        except InvalidSpec as exc:
+            log.warning("%s/%s is invalid under the new devices config: %s", meta["namespace"], meta["name"], exc)
+        except Exception:
+            log.exception("re-reconcile of %s/%s failed", meta["namespace"], meta["name"])
 
     def on_error(self, error: ConfigError) -> None:
         log.error("devices config refused, keeping the last good version: %s", error)
