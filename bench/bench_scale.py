@@ -350,7 +350,7 @@ def run(n: int, keep: bool) -> None:
                 doc = model_instance(i, n)
                 doc["metadata"]["namespace"] = ns
                 inst = parse_instance(doc)
-                objects += [stamp(o) for o in render_kubernetes(inst, resolve(inst, config))]
+                objects += [stamp(o) for o in render_kubernetes(inst, resolve(inst, config).bind(None))]
             deps = Watch(
                 kubectl,
                 "deployments",

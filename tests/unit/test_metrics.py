@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from xw_operator.k8s.client import KubeApi
 from xw_operator.k8s.metrics import KOPF_API_LOGGER, KOPF_WATCH_LOGGER, OperatorMetrics, write_labels
 from xw_operator.k8s.reconcile import InvalidSpec
 from xw_operator.k8s.status import Failure
@@ -36,6 +37,16 @@ def samples(metrics: OperatorMetrics, name: str) -> dict[tuple[tuple[str, str], 
 )
 def test_write_labels_name_the_verb_and_kind(key: str, labels: tuple[str, str]) -> None:
     assert write_labels(key) == labels
+
+
+def test_every_write_through_the_client_is_counted() -> None:
+    metrics = OperatorMetrics()
+    api = KubeApi(api_client=object())
+    metrics.watch_api(api)
+    assert api.on_write is not None
+    api.on_write("PATCH", "/apis/apps/v1/namespaces/ns/deployments/qwen")
+    writes = samples(metrics, "xw_operator_api_writes_total")
+    assert writes[(("kind", "Deployment"), ("verb", "patch"))] == 1
 
 
 class Twice:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -72,6 +73,8 @@ class KubeApi:
     def __init__(self, api_client: Any | None = None, *, timeout: float = 30.0) -> None:
         self.api_client = api_client if api_client is not None else load_api_client()
         self.timeout = timeout
+        # Called with (method, path) before every write: the operator's metrics count writes here.
+        self.on_write: Callable[[str, str], None] | None = None
 
     def request(
         self,
@@ -116,6 +119,8 @@ class KubeApi:
 
     def write(self, method: str, path: str, body: Any, *, content_type: str | None = None, **query: str) -> Obj:
         log.debug("write %s %s", method, path)
+        if self.on_write is not None:
+            self.on_write(method, path)
         return self.request(method, path, query=query or None, body=body, content_type=content_type)
 
     def apply(self, obj: Obj) -> Obj:

@@ -7,8 +7,8 @@ reconcile/handler code stays free of metrics calls:
 
 - reconciles: :func:`instrument_reconciler` wraps ``Reconciler.reconcile`` (spec -> children) and
   ``refresh_status`` (a child changed -> status), timing each and classifying the outcome;
-- API writes: read at scrape time from the counter :class:`~xw_operator.k8s.client.KubeApi` keeps of every
-  write it makes (the same counter the no-write tests use), grouped by verb and kind;
+- API writes: the ``on_write`` hook of :class:`~xw_operator.k8s.client.KubeApi`, which every write goes
+  through, counted by verb and kind;
 - instances by phase: an async kopf event handler on ModelInstances remembers each one's
   ``status.phase`` from the watch stream the operator receives anyway (no extra API call);
 - devices.yaml reloads and rejections: the config watcher's callbacks, wrapped;
@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import kopf
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from xw_operator.errors import ConfigError, XwError
@@ -83,27 +83,6 @@ def write_labels(key: str) -> tuple[str, str]:
         return verb, "Unknown"
     kind = KINDS.get(rest[0], rest[0])
     return verb, f"{kind}/{rest[2]}" if len(rest) > 2 else kind
-
-
-class _WritesCollector(Collector):
-    """API writes by verb and kind, from the KubeApi's own write counter (read under its lock)."""
-
-    def __init__(self, api: KubeApi) -> None:
-        self.api = api
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            f"{PREFIX}_api_writes", "API writes the operator made, by verb and kind.", labels=["verb", "kind"]
-        )
-        totals: dict[tuple[str, str], int] = {}
-        with self.api._lock:
-            snapshot = list(self.api.writes.items())
-        for key, count in snapshot:
-            labels = write_labels(key)
-            totals[labels] = totals.get(labels, 0) + count
-        for labels, count in sorted(totals.items()):
-            family.add_metric(list(labels), count)
-        yield family
 
 
 class _ConfigCollector(Collector):
@@ -185,6 +164,12 @@ class OperatorMetrics:
             ["resource"],
             registry=self.registry,
         )
+        self.api_writes = Counter(
+            f"{PREFIX}_api_writes",
+            "API writes the operator made, by verb (server-side apply is a patch) and kind.",
+            ["verb", "kind"],
+            registry=self.registry,
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._phases_lock = threading.Lock()
         self.registry.register(_PhaseCollector(self.phase_counts))
@@ -195,7 +180,10 @@ class OperatorMetrics:
     # ---------------------------------------------------------------- wiring
 
     def watch_api(self, api: KubeApi) -> None:
-        self.registry.register(_WritesCollector(api))
+        api.on_write = self.count_write
+
+    def count_write(self, method: str, path: str) -> None:
+        self.api_writes.labels(*write_labels(f"{method} {path}")).inc()
 
     def watch_config(self, store: ConfigStore) -> None:
         self.registry.register(_ConfigCollector(store))
