@@ -146,7 +146,7 @@ def test_install_creates_every_chart_object(cluster: Any, release: Release) -> N
     objects = [o for o in yaml.safe_load_all(manifest) if o]
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
-        ["CustomResourceDefinition", "ServiceAccount", "ConfigMap", "Deployment"]
+        ["CustomResourceDefinition", "ServiceAccount", "ConfigMap", "Deployment", "Service"]  # Service: metrics
         + ["Role", "RoleBinding"] * 3  # one per watched namespace, and the release namespace's ConfigMap reader
         + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]  # the cluster serves the API (1.34)
     )
