@@ -34,6 +34,8 @@ step "Kubernetes control plane binaries (built once from Go modules, then cached
 bash hack/cluster.sh build
 step "checkov: the Helm chart and the rendered samples (findings not in hack/checkov-skips.yaml fail)"
 bash hack/checkov.sh
+step "GitOps health harness (kstatus + gopher-lua, built once from Go modules, then cached)"
+bash hack/gitops-health.sh build >/dev/null
 step "Docker engine and locally built test images"
 bash hack/docker.sh up
 bash hack/test-images.sh
