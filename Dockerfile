@@ -40,6 +40,7 @@ COPY --from=builder /opt/xw /opt/xw
 ENV PATH=/opt/xw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     HOME=/tmp
 USER 65532:65532
 WORKDIR /tmp

@@ -256,6 +256,9 @@ class OperatorMetrics:
         if watching.getEffectiveLevel() > logging.DEBUG:
             watching.setLevel(logging.DEBUG)
         logging.getLogger(KOPF_API_LOGGER).addFilter(_WatchLogFilter(self, keep_debug=True))
+        # kopf logs every event handler's success at INFO: one line per ModelInstance event for the phase
+        # gauge alone would flood the log at scale.
+        logging.getLogger("kopf.objects").addFilter(_quiet_metrics_handler)
 
     # ---------------------------------------------------------------- serving
 
@@ -302,6 +305,10 @@ class _WatchLogFilter(logging.Filter):
         elif message.startswith("Starting the watch-stream"):
             self.metrics.watch_starts.labels(resource).inc()
         return record.levelno > logging.DEBUG or self.keep_debug
+
+
+def _quiet_metrics_handler(record: logging.LogRecord) -> bool:
+    return not (record.levelno <= logging.INFO and record.getMessage() == "Handler 'metrics' succeeded.")
 
 
 def _plural(resource: str) -> str:
