@@ -88,15 +88,14 @@ def test_reconciles_are_counted_and_timed_by_result() -> None:
     )
 
 
-def test_phase_gauge_follows_the_watch_stream() -> None:
+def test_phase_gauge_counts_the_listed_instances_by_phase() -> None:
+    listed: list[dict[str, Any]] = [{"metadata": {"name": "a"}}, {"status": {"phase": "Ready"}}]
     metrics = OperatorMetrics()
-    metrics.observe_instance("ADDED", {"metadata": {"namespace": "n", "name": "a"}})
-    metrics.observe_instance("ADDED", {"metadata": {"namespace": "n", "name": "b"}, "status": {"phase": "Ready"}})
-    metrics.observe_instance("MODIFIED", {"metadata": {"namespace": "n", "name": "a"}, "status": {"phase": "Failed"}})
+    metrics.watch_instances(lambda: listed, ttl=0)
     gauge = samples(metrics, "xw_operator_instances")
-    assert (gauge[(("phase", "Ready"),)], gauge[(("phase", "Failed"),)], gauge[(("phase", "Unknown"),)]) == (1, 1, 0)
-    metrics.observe_instance("DELETED", {"metadata": {"namespace": "n", "name": "a"}})
-    assert samples(metrics, "xw_operator_instances")[(("phase", "Failed"),)] == 0
+    assert (gauge[(("phase", "Ready"),)], gauge[(("phase", "Unknown"),)], gauge[(("phase", "Failed"),)]) == (1, 1, 0)
+    listed.append({"status": {"phase": "Failed"}})
+    assert samples(metrics, "xw_operator_instances")[(("phase", "Failed"),)] == 1
 
 
 def test_watch_restarts_are_counted_from_kopf_records_whose_debug_lines_stay_hidden() -> None:

@@ -9,8 +9,8 @@ reconcile/handler code stays free of metrics calls:
   ``refresh_status`` (a child changed -> status), timing each and classifying the outcome;
 - API writes: the ``on_write`` hook of :class:`~xw_operator.k8s.client.KubeApi`, which every write goes
   through, counted by verb and kind;
-- instances by phase: an async kopf event handler on ModelInstances remembers each one's
-  ``status.phase`` from the watch stream the operator receives anyway (no extra API call);
+- instances by phase: a LIST of the served namespaces' ModelInstances, at most every 10 s, at scrape time
+  (see :meth:`OperatorMetrics.watch_instances` for why not from a kopf handler);
 - devices.yaml reloads and rejections: the config watcher's callbacks, wrapped;
 - watch restarts: kopf has no hook for its watch streams, but logs their lifecycle from one module; a
   logging filter there counts the restarts it reports (410 Gone -> re-list, an inactive stream
@@ -38,7 +38,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from xw_operator.errors import ConfigError, XwError
-from xw_operator.instance import GROUP, PLURAL, VERSION
 from xw_operator.k8s.client import KubeApi
 from xw_operator.k8s.config_source import Change, ConfigStore
 from xw_operator.k8s.reconcile import InvalidSpec, Reconciler
@@ -170,7 +169,10 @@ class OperatorMetrics:
             ["verb", "kind"],
             registry=self.registry,
         )
-        self._phases: dict[tuple[str, str], str] = {}
+        self._list_instances: Callable[[], list[dict[str, Any]]] | None = None
+        self._phase_ttl = 10.0
+        self._phase_cache: dict[str, int] = {}
+        self._phases_at = float("-inf")
         self._phases_lock = threading.Lock()
         self.registry.register(_PhaseCollector(self.phase_counts))
         for reason in ("gone", "inactive", "error"):
@@ -223,29 +225,29 @@ class OperatorMetrics:
 
     # ---------------------------------------------------------------- instances by phase
 
-    def observe_instance(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
-        with self._phases_lock:
-            if event_type == "DELETED":
-                self._phases.pop(key, None)
-            else:
-                phase = (body.get("status") or {}).get("phase")
-                self._phases[key] = phase if phase in PHASES else "Unknown"
+    def watch_instances(self, list_instances: Callable[[], list[dict[str, Any]]], ttl: float = 10.0) -> None:
+        """Count instances by ``status.phase`` from a LIST of the served namespaces, at most every ``ttl``
+        seconds (scrapes come every 15-60 s). Not from a kopf event handler on ModelInstances: a second
+        handler on the resource made kopf process a brand-new instance's creation twice (two status
+        writes, two Events; tests/k8s/test_operator.py::test_unknown_chip_fails_without_children...)."""
+        self._list_instances = list_instances
+        self._phase_ttl = ttl
 
     def phase_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
         with self._phases_lock:
-            for phase in self._phases.values():
-                counts[phase] = counts.get(phase, 0) + 1
-        return counts
-
-    def register_handlers(self, registry: kopf.OperatorRegistry) -> None:
-        """An async event handler (runs on kopf's loop, no executor thread) feeding the phase gauge."""
-
-        @kopf.on.event(GROUP, VERSION, PLURAL, id="metrics", registry=registry)
-        async def instance_event(body: Mapping[str, Any], type: str | None = None, **_: Any) -> None:
-            self.observe_instance(type, body)
+            if self._list_instances is not None and time.monotonic() - self._phases_at >= self._phase_ttl:
+                try:
+                    items = self._list_instances()
+                except Exception as exc:  # keep the last counts; the next scrape retries
+                    log.warning("metrics: listing ModelInstances failed: %s", exc)
+                else:
+                    counts: dict[str, int] = {}
+                    for body in items:
+                        phase = (body.get("status") or {}).get("phase")
+                        key = phase if phase in PHASES else "Unknown"
+                        counts[key] = counts.get(key, 0) + 1
+                    self._phase_cache, self._phases_at = counts, time.monotonic()
+            return dict(self._phase_cache)
 
     # ---------------------------------------------------------------- watch restarts
 
@@ -256,9 +258,6 @@ class OperatorMetrics:
         if watching.getEffectiveLevel() > logging.DEBUG:
             watching.setLevel(logging.DEBUG)
         logging.getLogger(KOPF_API_LOGGER).addFilter(_WatchLogFilter(self, keep_debug=True))
-        # kopf logs every event handler's success at INFO: one line per ModelInstance event for the phase
-        # gauge alone would flood the log at scale.
-        logging.getLogger("kopf.objects").addFilter(_quiet_metrics_handler)
 
     # ---------------------------------------------------------------- serving
 
@@ -307,10 +306,6 @@ class _WatchLogFilter(logging.Filter):
         return record.levelno > logging.DEBUG or self.keep_debug
 
 
-def _quiet_metrics_handler(record: logging.LogRecord) -> bool:
-    return not (record.levelno <= logging.INFO and record.getMessage() == "Handler 'metrics' succeeded.")
-
-
 def _plural(resource: str) -> str:
     """kopf prints resources as ``plural.version.group`` (``deployments.v1.apps``); keep the plural."""
     return resource.split(".", 1)[0]
@@ -325,6 +320,7 @@ def wire_metrics(
     on_change: Callable[[Change], None],
     on_error: Callable[[ConfigError], None],
     *,
+    list_instances: Callable[[], list[dict[str, Any]]],
     verbose: bool,
 ) -> tuple[Callable[[Change], None], Callable[[ConfigError], None]]:
     """Instrument one operator and serve its metrics (nothing when ``port`` is 0); returns the config
@@ -336,7 +332,7 @@ def wire_metrics(
     metrics.instrument(reconciler)
     metrics.watch_api(api)
     metrics.watch_config(store)
-    metrics.register_handlers(registry)
+    metrics.watch_instances(list_instances)
     metrics.count_kopf_watch_restarts(verbose=verbose)
     metrics.serve(port, address)
     return metrics.counting(on_change, metrics.config_reloads), metrics.counting(on_error, metrics.config_rejections)

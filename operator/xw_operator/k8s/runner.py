@@ -168,6 +168,7 @@ def run_operator(
         registry,
         reactions.on_change,
         reactions.on_error,
+        list_instances=reactions.instances,
         verbose=verbose,
     )
     watcher = ConfigWatcher(
