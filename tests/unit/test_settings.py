@@ -22,7 +22,7 @@ def test_defaults_without_environment() -> None:
         Path("/sys"),
         None,
     )
-    assert (s.config_poll_seconds, s.max_workers, s.pod_name) == (2.0, 8, None)
+    assert (s.config_poll_seconds, s.max_workers, s.pod_name) == (2.0, 32, None)
 
 
 def test_values_are_parsed_and_empty_means_unset() -> None:

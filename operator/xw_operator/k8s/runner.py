@@ -171,9 +171,7 @@ def run_operator(
         list_instances=reactions.instances,
         verbose=verbose,
     )
-    watcher = ConfigWatcher(
-        store, interval=env_settings().config_poll_seconds, on_change=on_change, on_error=on_error
-    )
+    watcher = ConfigWatcher(store, interval=env_settings().config_poll_seconds, on_change=on_change, on_error=on_error)
     watcher.start()
     try:
         kopf.run(
