@@ -37,7 +37,7 @@ def deployment_replicas(cluster: Any, ns: str, name: str) -> int | None:
 
 
 def test_kubectl_scale_moves_the_deployment(cluster: Any, namespace: str, xw_operator: OperatorProcess) -> None:
-    apply(cluster, namespace, instance("scaled", chip="nvidia-t4", count=1))
+    apply(cluster, namespace, instance(name="scaled", chip="nvidia-t4", count=1))
     wait_ready(cluster, namespace, "scaled")
     scale = json.loads(
         cluster.kubectl(
@@ -66,7 +66,7 @@ def test_an_hpa_targeting_a_model_instance_moves_its_deployment(
     """kube-controller-manager's HPA controller enforces minReplicas through /scale before it needs any
     metric (this cluster has no custom metrics API: the HPA reports it cannot compute the metric, and still
     moves the target into [min, max])."""
-    apply(cluster, namespace, instance("auto", chip="nvidia-t4", count=1))
+    apply(cluster, namespace, instance(name="auto", chip="nvidia-t4", count=1))
     wait_ready(cluster, namespace, "auto")
     # The shipped example (custom metric vllm_num_requests_waiting), pointed at this instance.
     hpa = yaml.safe_load(HPA_EXAMPLE.read_text(encoding="utf-8"))
@@ -102,7 +102,9 @@ def test_metrics_move_as_instances_are_created_fail_and_recover(
     failed = 'xw_operator_instances{phase="Failed"}'
     before = xw_operator.metrics()
 
-    apply(cluster, namespace, instance("counted", chip="nvidia-t4", count=1), instance("broken", chip="tpu-v9"))
+    apply(
+        cluster, namespace, instance(name="counted", chip="nvidia-t4", count=1), instance(name="broken", chip="tpu-v9")
+    )
     wait_ready(cluster, namespace, "counted")
     wait_for(
         "broken to fail",
@@ -242,11 +244,11 @@ def test_gitops_health_of_real_statuses(cluster: Any, namespace: str, xw_operato
         apply(
             cluster,
             namespace,
-            instance("ready", chip="nvidia-t4", count=1),
+            instance(name="ready", chip="nvidia-t4", count=1),
             # One metax node with 8 chips: the second replica of 8 chips can never be scheduled.
-            instance("unschedulable", chip="metax-c550", count=8, replicas=2),
-            instance("unknown-chip", chip="tpu-v9"),
-            instance("zero", chip="nvidia-t4", count=1, replicas=0),
+            instance(name="unschedulable", chip="metax-c550", count=8, replicas=2),
+            instance(name="unknown-chip", chip="tpu-v9"),
+            instance(name="zero", chip="nvidia-t4", count=1, replicas=0),
         )
         wait_ready(cluster, namespace, "ready")
         wait_ready(cluster, namespace, "zero")
