@@ -12,6 +12,7 @@ Profiles (``XW_HYPOTHESIS_PROFILE``): ``fast`` (default, deterministic, a few hu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -197,7 +198,8 @@ def mutated_text(draw: st.DrawFn, seeds: list[dict[str, Any]]) -> str:
             del lines[i]
         elif op == "char":
             pos = draw(st.integers(0, len(lines[i])))
-            lines[i] = lines[i][:pos] + draw(st.sampled_from(["\u2028", "\x85", "\ufeff", "🤖", ":", "&a", "*a", "{", "-", "\t"])) + lines[i][pos:]  # fmt: skip
+            odd = draw(st.sampled_from(["\u2028", "\x85", "\ufeff", "🤖", ":", "&a", "*a", "{", "-", "\t"]))
+            lines[i] = lines[i][:pos] + odd + lines[i][pos:]
         elif op == "truncate":
             lines = lines[: i + 1]
         else:
@@ -208,14 +210,10 @@ def mutated_text(draw: st.DrawFn, seeds: list[dict[str, Any]]) -> str:
 def _render_all(instances: list[ModelInstance], config: DevicesConfig) -> None:
     for instance in instances:
         for arch in (None, "arm64"):
-            try:
+            with contextlib.suppress(XwError):
                 render_instance_kubernetes(instance, config, arch)
-            except XwError:
-                pass
-            try:
+            with contextlib.suppress(XwError):
                 render_instance_docker(instance, config, arch, "fuzz")
-            except XwError:
-                pass
 
 
 @given(mutated(INSTANCE_SEEDS))
