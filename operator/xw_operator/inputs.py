@@ -23,7 +23,7 @@ server, which accepts 10,000 levels), so the file path and the cluster path refu
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -160,7 +160,7 @@ def _walk(root: Any) -> Iterator[tuple[Any, tuple[int | str, ...]]]:
     while stack:
         value, path = stack.pop()
         yield value, path
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):  # kopf hands over mapping views as well as dicts
             stack.extend((v, (*path, k)) for k, v in reversed(list(value.items())))
         elif isinstance(value, list | tuple):
             stack.extend((v, (*path, i)) for i, v in reversed(list(enumerate(value))))
@@ -178,7 +178,7 @@ def check_tree(data: Any, source: str, error: type[XwError]) -> None:
             raise error(
                 f"{source}: {path_text(path[:6])}...: nested deeper than {MAX_DEPTH} levels (the documented limit)"
             )
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             for key in value:
                 if not isinstance(key, str):
                     raise error(f"{source}: {path_text(path)}: key {_short(key)} must be a string (quote it in YAML)")
