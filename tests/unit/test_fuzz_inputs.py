@@ -207,53 +207,54 @@ def mutated_text(draw: st.DrawFn, seeds: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_all(instances: list[ModelInstance], config: DevicesConfig) -> None:
+ARCH = st.sampled_from([None, "amd64", "arm64"])
+
+
+def _render_all(instances: list[ModelInstance], config: DevicesConfig, arch: str | None) -> None:
     for instance in instances:
-        for arch in (None, "arm64"):
-            with contextlib.suppress(XwError):
-                render_instance_kubernetes(instance, config, arch)
-            with contextlib.suppress(XwError):
-                render_instance_docker(instance, config, arch, "fuzz")
+        with contextlib.suppress(XwError):
+            render_instance_kubernetes(instance, config, arch)
+        with contextlib.suppress(XwError):
+            render_instance_docker(instance, config, arch, "fuzz")
 
 
-@given(mutated(INSTANCE_SEEDS))
-def test_any_cr_body_is_a_manifest_error_or_renders(doc: Any) -> None:
+@given(mutated(INSTANCE_SEEDS), ARCH)
+def test_any_cr_body_is_a_manifest_error_or_renders(doc: Any, arch: str | None) -> None:
     """The operator's path: a dict from the API server, any shape."""
     try:
         instance = parse_instance(doc, "cr")
     except XwError:
         return
-    _render_all([instance], SHIPPED)
+    _render_all([instance], SHIPPED, arch)
 
 
-@given(mutated_text(INSTANCE_SEEDS))
-def test_any_manifest_text_is_a_manifest_error_or_renders(text: str) -> None:
+@given(mutated_text(INSTANCE_SEEDS), ARCH)
+def test_any_manifest_text_is_a_manifest_error_or_renders(text: str, arch: str | None) -> None:
     try:
         instances = parse_instances(text, "mi.yaml")
     except XwError:
         return
-    _render_all(instances, SHIPPED)
+    _render_all(instances, SHIPPED, arch)
 
 
-def _instances_for(config: DevicesConfig) -> list[ModelInstance]:
+def _instances_for(config: DevicesConfig, engine: str) -> list[ModelInstance]:
     out = []
-    for key in config.chip_keys[:6]:
-        for engine in ("vllm", "mindie"):
-            doc = copy.deepcopy(RICH_INSTANCE)
-            doc["spec"]["devices"] = {"chip": key, "count": 1}
-            doc["spec"]["engine"] = {"name": engine}
-            doc["spec"]["model"]["source"] = {"hostPath": "/models/m"}
-            out.append(parse_instance(doc))
+    for key in config.chip_keys:
+        doc = copy.deepcopy(RICH_INSTANCE)
+        doc["spec"]["devices"] = {"chip": key, "count": 1}
+        doc["spec"]["engine"] = {"name": engine}
+        doc["spec"]["model"]["source"] = {"hostPath": "/models/m"}
+        out.append(parse_instance(doc))
     return out
 
 
-@given(mutated_text(CONFIG_SEEDS))
-def test_any_devices_yaml_is_a_config_error_or_renders(text: str) -> None:
+@given(mutated_text(CONFIG_SEEDS), ARCH, st.sampled_from(["vllm", "mindie", "omni-infer"]))
+def test_any_devices_yaml_is_a_config_error_or_renders(text: str, arch: str | None, engine: str) -> None:
     try:
         config = parse_devices_config(text, "devices.yaml")
     except XwError:
         return
-    _render_all(_instances_for(config), config)
+    _render_all(_instances_for(config, engine), config, arch)
 
 
 def _assert_clean_exit(result: Any) -> None:
