@@ -115,6 +115,11 @@ ensure_bridge() {
   ip link set "$BRIDGE" up
 }
 
+alive() {
+  # Running and not a zombie (a dead daemon nobody has reaped yet still answers kill -0).
+  [ -r "/proc/$1/stat" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
 drop_stale_pidfile() {
   local pid
   pid="$(cat "$1" 2>/dev/null || true)"
@@ -153,7 +158,7 @@ cmd_up() {
   fi
   local i=0
   until engine_answers; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! alive "$pid"; then
       tail -n 30 "$LOG" >&2 || true
       rm -f "$PIDFILE"
       die "dockerd exited during start-up (log above, full log in $LOG)"
@@ -178,7 +183,7 @@ cmd_down() {
   log "stopping dockerd (pid $pid)"
   kill -TERM "$pid"
   local i=0
-  while kill -0 "$pid" 2>/dev/null; do
+  while alive "$pid"; do
     i=$((i + 1))
     if [ "$i" -gt 60 ]; then
       log "dockerd did not stop within 30s; sending KILL"
@@ -188,6 +193,9 @@ cmd_down() {
     sleep 0.5
   done
   rm -f "$PIDFILE"
+  if [ -n "$PRIVATE" ] && ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link del "$BRIDGE" || true
+  fi
   log "stopped"
 }
 
