@@ -274,6 +274,7 @@ def _assert_clean_exit(result: Any) -> None:
     st.sampled_from(["kubernetes", "docker"]),
     st.binary(max_size=3),
 )
+@settings(max_examples=60 if PROFILE == "fast" else settings().max_examples)  # each parses devices.yaml twice
 def test_xw_render_exits_0_or_2_with_one_line(
     tmp_path_factory: pytest.TempPathFactory, mi: str, cfg: str, own_cfg: bool, backend: str, junk: bytes
 ) -> None:
