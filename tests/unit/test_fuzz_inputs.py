@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from xw_operator.cli import main, render_instance_docker, render_instance_kubernetes
@@ -224,7 +224,9 @@ def test_any_cr_body_is_a_manifest_error_or_renders(doc: Any, arch: str | None) 
     try:
         instance = parse_instance(doc, "cr")
     except XwError:
+        event("refused: ManifestError")
         return
+    event("valid: rendered")
     _render_all([instance], SHIPPED, arch)
 
 
@@ -233,7 +235,9 @@ def test_any_manifest_text_is_a_manifest_error_or_renders(text: str, arch: str |
     try:
         instances = parse_instances(text, "mi.yaml")
     except XwError:
+        event("refused: ManifestError")
         return
+    event("valid: rendered")
     _render_all(instances, SHIPPED, arch)
 
 
@@ -253,7 +257,9 @@ def test_any_devices_yaml_is_a_config_error_or_renders(text: str, arch: str | No
     try:
         config = parse_devices_config(text, "devices.yaml")
     except XwError:
+        event("refused: ConfigError")
         return
+    event("valid: rendered every chip")
     _render_all(_instances_for(config, engine), config, arch)
 
 
@@ -288,7 +294,9 @@ def test_xw_render_exits_0_or_2_with_one_line(
     args = ["render", "-f", str(mi_path), "--backend", backend]
     if own_cfg:
         args += ["--devices-config", str(cfg_path)]
-    _assert_clean_exit(CliRunner().invoke(main, args))
+    result = CliRunner().invoke(main, args)
+    event(f"exit {result.exit_code}")
+    _assert_clean_exit(result)
 
 
 # Real processes, a handful: the crashes the issue reported, as a user would hit them.
