@@ -30,6 +30,7 @@ from pydantic import (
 from xw_operator.engines import EngineDefinition
 from xw_operator.errors import ConfigError
 from xw_operator.inputs import CheckedLoader, decode
+from xw_operator.instance import CHIP_NAME_PATTERN
 from xw_operator.policy import normalise_host_path, prefix_parts
 from xw_operator.recipes import Recipes, load_recipes
 from xw_operator.settings import settings
@@ -186,9 +187,14 @@ class ExtSandboxes(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
+# A ModelInstance names a chip by these keys (spec.devices.chip), so they must be names it can write:
+# a key such as "Ascend_910B" would make the profile silently unreachable.
+ChipKey = Annotated[str, Field(pattern=CHIP_NAME_PATTERN, max_length=63)]
+
+
 class Variant(_Strict):
     subsystem_device_id: HexId
-    variant_key: str
+    variant_key: ChipKey
     variant_name: str | None = None  # display only; xw-cli files omit it at times
 
 
@@ -239,7 +245,7 @@ class KubernetesProfile(_Strict):
 
 
 class ChipModel(_Strict):
-    config_key: str
+    config_key: ChipKey
     model_name: str
     device_id: HexId
     generation: str | None = None

@@ -104,3 +104,9 @@ def test_values_json_cannot_carry_are_refused(text: str, message: str) -> None:
         load_yaml(text, "t.yaml", ConfigError)
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_a_chip_key_no_model_instance_can_name_is_a_config_error() -> None:
+    text = packaged_devices_config_path().read_text().replace("config_key: nvidia-t4", "config_key: NVIDIA_T4")
+    with pytest.raises(ConfigError, match=r"chip_models\[0\]\.config_key: String should match pattern"):
+        parse_devices_config(text, "devices.yaml")
