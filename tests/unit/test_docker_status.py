@@ -106,13 +106,21 @@ def test_host_lock_times_out_with_a_clear_error(tmp_path: Path) -> None:
 def test_engine_lock_is_one_fixed_file_per_engine_whatever_the_state_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from xw_operator.settings import settings
+
     monkeypatch.delenv(state.LOCK_DIR_ENV, raising=False)
     for sd in ("a", "b"):
-        monkeypatch.setenv(state.STATE_DIR_ENV, str(tmp_path / sd))
+        monkeypatch.setenv("XW_STATE_DIR", str(tmp_path / sd))
+        settings.cache_clear()
         assert state.engine_lock_path("FV3T:VFWV:EY7G") == Path("/run/lock/xw-docker-FV3T-VFWV-EY7G.lock")
     assert state.engine_lock_path("other") != state.engine_lock_path("FV3T:VFWV:EY7G")
     monkeypatch.setenv(state.LOCK_DIR_ENV, str(tmp_path))
-    assert state.engine_lock_path("../../etc/passwd").parent == tmp_path
+    settings.cache_clear()
+    try:
+        assert state.engine_lock_path("../../etc/passwd").parent == tmp_path
+    finally:
+        monkeypatch.delenv(state.LOCK_DIR_ENV)
+        settings.cache_clear()
 
 
 def test_lock_file_is_readable_by_others_and_never_followed_through_a_symlink(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ from .allocation import (
 from .errors import NotFound, RuntimeFailure
 from .progress import PullProgress, WaitView, plain_pull, rich_pull
 from .status import CREATED, EXITED, READY, STOPPED, Status, classify, probe
-from .sysfs import DEFAULT_SYSFS_ROOT, ChipGroup, discover
+from .sysfs import ChipGroup, discover
 from .sysfs import sysfs_root as sysfs_root_default
 from .xwcli import is_xw_cli_container, is_xw_container, published_port, runtime_engine, xw_cli_server_name
 
@@ -77,6 +77,7 @@ OWNER_XW, OWNER_XW_CLI = "xw", "xw-cli"
 
 LABEL_SYSFS_ROOT = "xw.sysfs_root"  # ours: the sysfs tree the devices were found in (told apart per host)
 RESTART_POLICY = "always"
+DEFAULT_SYSFS_ROOT = "/sys"  # what a container without the xw.sysfs_root label was allocated from
 
 Printer = Callable[[str], None]
 

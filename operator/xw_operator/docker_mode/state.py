@@ -79,7 +79,8 @@ def engine_lock_path(engine_id: str) -> Path:
     ID) is in the name: two engines on one host (rootless and system, say) have separate containers.
     """
     safe = re.sub(r"[^A-Za-z0-9]+", "-", engine_id).strip("-")[:80] or "default"
-    chosen = os.environ.get(LOCK_DIR_ENV)
+    configured = settings().lock_dir
+    chosen = str(configured) if configured else ""
     if not chosen:
         chosen = next((d for d in LOCK_DIRS if os.path.isdir(d)), tempfile.gettempdir())
     return Path(chosen) / f"xw-docker-{safe}.lock"
