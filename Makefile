@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help demo test unit lint checkov cluster-binaries cluster-up cluster-down docker-up docker-down images crds bench
+.PHONY: help demo test unit lint checkov fuzz cluster-binaries cluster-up cluster-down docker-up docker-down images crds bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,6 +21,10 @@ lint: ## ruff + mypy
 
 checkov: ## scan the Helm chart and rendered samples with checkov (own venv); skips in hack/checkov-skips.yaml
 	bash hack/checkov.sh
+
+fuzz: ## long property-test profile: 10,000 mutated documents per test (not run by CI; takes a while)
+	bash hack/venv.sh >/dev/null && XW_HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest -q --timeout=0 \
+	  -p no:cacheprovider --hypothesis-show-statistics tests/unit/test_fuzz_inputs.py
 
 cluster-binaries: ## build (or reuse) etcd, kube-*, kwok, kubectl, helm into the cache
 	bash hack/cluster.sh build

@@ -29,6 +29,8 @@ from pydantic import (
 
 from xw_operator.engines import EngineDefinition
 from xw_operator.errors import ConfigError
+from xw_operator.inputs import CheckedLoader, decode
+from xw_operator.instance import CHIP_NAME_PATTERN
 from xw_operator.policy import normalise_host_path, prefix_parts
 from xw_operator.recipes import Recipes, load_recipes
 from xw_operator.settings import settings
@@ -118,8 +120,10 @@ def _parse_volume(value: Any) -> VolumeSpec:
 Volume = Annotated[VolumeSpec, BeforeValidator(_parse_volume), PlainSerializer(str, return_type=str)]
 
 
-def _check_device_path(value: str) -> str:
-    if not value.startswith("/dev/") and not value.startswith("/"):
+def _check_device_path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"device path must be a string such as /dev/davinci0, got {value!r}")
+    if not value.startswith("/"):
         raise ValueError(f"device path must be absolute, got {value!r}")
     return value
 
@@ -183,9 +187,14 @@ class ExtSandboxes(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
+# A ModelInstance names a chip by these keys (spec.devices.chip), so they must be names it can write:
+# a key such as "Ascend_910B" would make the profile silently unreachable.
+ChipKey = Annotated[str, Field(pattern=CHIP_NAME_PATTERN, max_length=63)]
+
+
 class Variant(_Strict):
     subsystem_device_id: HexId
-    variant_key: str
+    variant_key: ChipKey
     variant_name: str | None = None  # display only; xw-cli files omit it at times
 
 
@@ -236,7 +245,7 @@ class KubernetesProfile(_Strict):
 
 
 class ChipModel(_Strict):
-    config_key: str
+    config_key: ChipKey
     model_name: str
     device_id: HexId
     generation: str | None = None
@@ -414,7 +423,7 @@ class DevicesConfig(_Strict):
         return None
 
 
-class _HexKeepingLoader(yaml.SafeLoader):
+class _HexKeepingLoader(CheckedLoader):
     """YAML reads unquoted ``0xd802`` as the int 53250; xw-cli's files write ids that way at times.
 
     This loader keeps such scalars as the text written (normalised to lower case), so a hex id loads as
@@ -446,10 +455,10 @@ def parse_devices_config(text: str, source: str = "devices.yaml") -> DevicesConf
 def load_devices_config(path: str | os.PathLike[str], *, with_recipes: bool = True) -> DevicesConfig:
     """devices.yaml plus, by default, the recipe files beside it (models.yaml, runtime_params.yaml)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read devices config {path}: {exc.strerror or exc}") from None
-    config = parse_devices_config(text, source=str(path))
+    config = parse_devices_config(decode(data, str(path), ConfigError), source=str(path))
     if not with_recipes:
         return config
     return config.with_recipes(load_recipes(Path(path).resolve().parent))

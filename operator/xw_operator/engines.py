@@ -32,10 +32,10 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xw_operator.errors import ConfigError, ResolveError
+from xw_operator.inputs import load_yaml
 from xw_operator.validation import describe
 
 MODEL_MOUNT_PATH = "/mnt/model"  # where hostPath/pvc weights appear inside the container (seed path)
@@ -208,11 +208,9 @@ class EnginesFile(_Strict):
 
 
 def parse_engines(text: str, source: str) -> dict[str, EngineDefinition]:
+    data = load_yaml(text, source, ConfigError)  # duplicate keys, depth, size, alias bombs (inputs.py)
     try:
-        data = yaml.safe_load(text)
         return EnginesFile.model_validate(data).engines
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: is not valid YAML: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe(exc)}") from None
 

@@ -16,12 +16,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from xw_operator.affinity import Affinity
 from xw_operator.errors import ManifestError
+from xw_operator.inputs import check_tree, decode, load_yaml_documents
 from xw_operator.policy import CONTROL_PLANE_PREFIX, MSG_CONTROL_PLANE, MSG_TOLERATE_ALL
 from xw_operator.validation import describe
 
@@ -519,7 +520,9 @@ class ModelInstanceSpec(ApiModel):
         return selector
 
     tolerations: list[Toleration] = Field(default_factory=list, description="Added to the chip profile's.")
-    affinity: dict[str, Any] | None = Field(None, description="Pod affinity rules (core/v1 Affinity).")
+    affinity: Affinity | None = Field(
+        None, description="Pod scheduling constraints (core/v1 Affinity: nodeAffinity, podAffinity, podAntiAffinity)."
+    )
     api_key_secret_ref: SecretKeyRef | None = Field(
         None,
         description="Secret key holding the API key the engine requires from clients (key defaults to "
@@ -655,13 +658,27 @@ class ModelInstance(BaseModel):
         return self.spec.model.name or self.spec.model.catalog or self.metadata.name
 
 
+def _name_of(doc: Any) -> str | None:
+    """metadata.name when it is there and a string (the document may be anything)."""
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 def parse_instance(doc: Any, source: str = "manifest") -> ModelInstance:
-    """Validate one document (a dict, e.g. a custom resource body) into a ModelInstance."""
+    """Validate one document (a dict, e.g. a custom resource body) into a ModelInstance.
+
+    Any Python object is accepted and anything invalid becomes a ManifestError: the structural limits of
+    :mod:`xw_operator.inputs` first (depth, size, key and value types), then the schema.
+    """
+    name = _name_of(doc)
+    where = f"{source}: ModelInstance {name}" if name else source
+    check_tree(doc, where, ManifestError)
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{where}: expected a mapping (apiVersion, kind, metadata, spec), got {type(doc).__name__}")
     try:
         return ModelInstance.model_validate(doc)
     except ValidationError as exc:
-        name = doc.get("metadata", {}).get("name") if isinstance(doc, dict) else None
-        where = f"{source}: ModelInstance {name}" if name else source
         raise ManifestError(f"{where}: {describe(exc)}") from None
 
 
@@ -671,12 +688,7 @@ def parse_instances(text: str, source: str = "manifest") -> list[ModelInstance]:
     Documents of other kinds are skipped (users keep Namespaces beside their instances); a wrong
     apiVersion for ModelInstance is an error, and so is a text with no ModelInstance at all.
     """
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ManifestError(f"{source}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    docs = [d for d in load_yaml_documents(text, source, ManifestError) if d is not None]
     instances = []
     for number, doc in enumerate(docs, start=1):
         if not isinstance(doc, dict):
@@ -699,7 +711,7 @@ def parse_instances(text: str, source: str = "manifest") -> list[ModelInstance]:
 
 def load_instances(path: str | Path) -> list[ModelInstance]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_instances(text, source=str(path))
+    return parse_instances(decode(data, str(path), ManifestError), source=str(path))

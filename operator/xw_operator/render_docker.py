@@ -110,7 +110,9 @@ def render_docker(
         # A tuple: the SDK reads a list as several bindings without a host IP (published on every
         # interface); (ip, port) binds loopback only. JSON output shows it as a two-element list.
         "ports": {f"{plan.container_port}/tcp": (LOOPBACK, host_port)},
-        "restart_policy": {"Name": "unless-stopped"},
+        # "always", not "unless-stopped": only "always" is honoured after a dockerd SIGKILL; `xw stop`
+        # sets "no" so a stopped instance stays stopped (see docker_mode/runtime.py).
+        "restart_policy": {"Name": "always"},
         "init": True,
     }
     return params

@@ -21,7 +21,6 @@ and kubectl's bookkeeping annotations never reach the children.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from typing import Any
@@ -172,7 +171,7 @@ def _pod_labels(instance: ModelInstance, plan: Plan) -> dict[str, str]:
 
 def _affinity(instance: ModelInstance, plan: Plan) -> dict[str, Any] | None:
     """The user's affinity, plus, in host-device mode, one such pod per node (see the module doc)."""
-    affinity = copy.deepcopy(instance.spec.affinity) if instance.spec.affinity else {}
+    affinity = instance.spec.affinity.to_kubernetes() if instance.spec.affinity else {}
     if not device_plugin_mode(plan):
         anti = affinity.setdefault("podAntiAffinity", {})
         anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(

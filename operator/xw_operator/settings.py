@@ -52,8 +52,13 @@ class Settings(BaseModel):
     state_dir: Path = Field(
         Path("~/.xw"),
         alias="XW_STATE_DIR",
-        description="Docker mode: this host's stable server name, the host lock, stop markers and engines' "
-        "work directories",
+        description="Docker mode: your stable server name, stop markers and engines' work directories",
+    )
+    lock_dir: Path | None = Field(
+        None,
+        alias="XW_LOCK_DIR",
+        description="Docker mode: directory of the host-wide allocation lock, one file per Docker engine "
+        "(default: /run/lock, else /var/lock, else the temporary directory)",
     )
     sysfs_root: Path = Field(
         Path("/sys"), alias="XW_SYSFS_ROOT", description="Docker mode: where accelerators are discovered (PCI)"

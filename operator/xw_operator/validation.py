@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from xw_operator.errors import ConfigError
+from xw_operator.inputs import CheckedLoader, load_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,17 +44,13 @@ def parse_config_document(
     source: str,
     model: type[M],
     *,
-    loader: Any = yaml.SafeLoader,
+    loader: type[CheckedLoader] = CheckedLoader,
     expected: str = "a mapping at the top level",
 ) -> M:
     """One admin-written YAML file (devices.yaml, models.yaml, ...) validated into ``model``; every failure
     is a ConfigError naming ``source`` and, for a schema error, the field."""
-    try:
-        data = yaml.load(text, Loader=loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    # Duplicate keys, depth, size, alias bombs, non-JSON values: the one input layer (inputs.py).
+    data = load_yaml(text, source, ConfigError, loader)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected {expected}")
     try:

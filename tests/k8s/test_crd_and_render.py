@@ -229,6 +229,31 @@ INVALID = [
         ["spec.model", "set model.source (hostPath, pvc or huggingFace) or model.catalog"],
     ),
     ("bad-catalog-id", _spec(model={"catalog": "../x"}), ["spec.model.catalog", "should match"]),
+    # spec.affinity is the typed core/v1 schema: the API server refuses what the Deployment would be refused for.
+    (
+        "affinity-string-for-list",
+        _spec(affinity={"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": "oops"}}),
+        ["spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution", "array"],
+    ),
+    (
+        "affinity-bad-operator",
+        _spec(
+            affinity={
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "Is"}]}]
+                    }
+                }
+            }
+        ),
+        ["operator", "Unsupported value", '"Is"'],
+    ),
+    (
+        "affinity-no-topology-key",
+        _spec(affinity={"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"namespaces": ["a"]}]}}),
+        ["topologyKey", "Required value"],
+    ),
+    ("affinity-unknown-field", _spec(affinity={"nodeAfinity": {}}), ['unknown field "spec.affinity.nodeAfinity"']),
 ]
 
 

@@ -61,7 +61,7 @@ def test_docker_ascend_910b_x4(tmp_path: Path) -> None:
     assert params["runtime"] == "runc"
     # No spec.port: `xw run` picks a free host port from XW_PORT_RANGE, so render does not claim 8000.
     assert params["ports"] == {"8000/tcp": ["127.0.0.1", None]}
-    assert params["restart_policy"] == {"Name": "unless-stopped"}
+    assert params["restart_policy"] == {"Name": "always"}
     assert params["init"] is True
     assert params["labels"] == {
         "xw.runtime": "vllm-docker",

@@ -77,10 +77,11 @@ def test_stop_markers_and_pruning(tmp_path: Path) -> None:
 
 def test_host_lock_is_exclusive(tmp_path: Path) -> None:
     order: list[str] = []
-    with state.host_lock(tmp_path):
+    lock = tmp_path / "x.lock"
+    with state.host_lock(lock):
 
         def other() -> None:
-            with state.host_lock(tmp_path, timeout=5):
+            with state.host_lock(lock, timeout=5):
                 order.append("other")
 
         t = threading.Thread(target=other)
@@ -93,9 +94,50 @@ def test_host_lock_is_exclusive(tmp_path: Path) -> None:
 
 def test_host_lock_times_out_with_a_clear_error(tmp_path: Path) -> None:
     # flock is per open file description, so a second open in this process contends like another CLI.
+    lock = tmp_path / "x.lock"
     with (
-        state.host_lock(tmp_path),
+        state.host_lock(lock),
         pytest.raises(XwError, match="could not take the host lock"),
-        state.host_lock(tmp_path, timeout=0.2),
+        state.host_lock(lock, timeout=0.2),
     ):
         pass
+
+
+def test_engine_lock_is_one_fixed_file_per_engine_whatever_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xw_operator.settings import settings
+
+    monkeypatch.delenv(state.LOCK_DIR_ENV, raising=False)
+    for sd in ("a", "b"):
+        monkeypatch.setenv("XW_STATE_DIR", str(tmp_path / sd))
+        settings.cache_clear()
+        assert state.engine_lock_path("FV3T:VFWV:EY7G") == Path("/run/lock/xw-docker-FV3T-VFWV-EY7G.lock")
+    assert state.engine_lock_path("other") != state.engine_lock_path("FV3T:VFWV:EY7G")
+    monkeypatch.setenv(state.LOCK_DIR_ENV, str(tmp_path))
+    settings.cache_clear()
+    try:
+        assert state.engine_lock_path("../../etc/passwd").parent == tmp_path
+    finally:
+        monkeypatch.delenv(state.LOCK_DIR_ENV)
+        settings.cache_clear()
+
+
+def test_lock_file_is_readable_by_others_and_never_followed_through_a_symlink(tmp_path: Path) -> None:
+    import os
+
+    lock = tmp_path / "l.lock"
+    old = os.umask(0o077)
+    try:
+        with state.host_lock(lock):
+            pass
+    finally:
+        os.umask(old)
+    assert lock.stat().st_mode & 0o777 == 0o644
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    link = tmp_path / "link.lock"
+    link.symlink_to(target)
+    with pytest.raises(XwError, match="cannot open the host lock"), state.host_lock(link):
+        pass
+    assert target.read_text() == "keep"

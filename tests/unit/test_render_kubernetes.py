@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import builders
+from xw_operator.affinity import Affinity
 from xw_operator.devices import DevicesConfig, load_devices_config
 from xw_operator.errors import ResolveError
 from xw_operator.instance import ModelInstance
@@ -511,7 +512,7 @@ def test_host_device_anti_affinity_is_added_to_the_users_affinity(host_device_co
         "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone"}]},
     }
     inst = instance("acme-npu", 1)
-    inst = inst.model_copy(update={"spec": inst.spec.model_copy(update={"affinity": user})})
+    inst = inst.model_copy(update={"spec": inst.spec.model_copy(update={"affinity": Affinity.model_validate(user)})})
     affinity = pod(render(inst, host_device_config)[0])["affinity"]
     assert affinity["nodeAffinity"] == user["nodeAffinity"]
     terms = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]

@@ -1,9 +1,19 @@
 """The Docker-mode runtime: ModelInstances as containers on this host, through the Docker SDK.
 
-State lives in Docker. Every call lists the containers labelled with this host's server name and derives
-instances, held devices and reserved ports from their labels, so a restarted CLI or Docker daemon loses
-nothing and a container removed by hand simply disappears. The state directory holds only what Docker
-cannot: the server name, the host lock and "stopped on purpose" markers.
+State lives in Docker. Every call lists the xw containers and derives instances, held devices and
+reserved ports from their labels, so a restarted CLI or Docker daemon loses nothing and a container
+removed by hand simply disappears. ``xw ps`` shows this state directory's instances (its server name);
+held devices and ports are counted over *every* xw container of the engine whatever its server name, so
+users with different ``XW_STATE_DIR`` never share a chip (devices are told apart by the sysfs tree they
+were found in, label ``xw.sysfs_root``). The lock serialising allocation is host-wide, one per engine
+(:func:`.state.engine_lock_path`). The state directory holds only the server name and "stopped on
+purpose" markers.
+
+Restart after a Docker daemon crash: containers run with restart policy ``always``, which dockerd
+honours when it comes back after SIGTERM *and* SIGKILL (``unless-stopped`` is not honoured after a
+SIGKILL: the daemon's restore kills the orphaned container and records that as a manual stop). ``xw stop``
+switches the policy to ``no`` before stopping, so a stopped instance stays stopped across daemon
+restarts, and ``xw start`` switches it back.
 """
 
 from __future__ import annotations
@@ -60,9 +70,14 @@ from .errors import NotFound, RuntimeFailure
 from .progress import PullProgress, WaitView, plain_pull, rich_pull
 from .status import CREATED, EXITED, READY, STOPPED, Status, classify, probe
 from .sysfs import ChipGroup, discover
+from .sysfs import sysfs_root as sysfs_root_default
 from .xwcli import is_xw_cli_container, is_xw_container, published_port, runtime_engine, xw_cli_server_name
 
 OWNER_XW, OWNER_XW_CLI = "xw", "xw-cli"
+
+LABEL_SYSFS_ROOT = "xw.sysfs_root"  # ours: the sysfs tree the devices were found in (told apart per host)
+RESTART_POLICY = "always"
+DEFAULT_SYSFS_ROOT = "/sys"  # what a container without the xw.sysfs_root label was allocated from
 
 Printer = Callable[[str], None]
 
@@ -103,6 +118,7 @@ class InstanceInfo:
     engine: str = ""
     health_path: str = "/health"
     ready_path: str | None = "/v1/models"  # None: the health path alone says ready
+    restart_policy: str = ""
 
     @property
     def endpoint(self) -> str | None:
@@ -133,6 +149,7 @@ def _info(container: Container, owner: str = OWNER_XW) -> InstanceInfo:
         engine=runtime_engine(labels.get(LABEL_RUNTIME)) or "",
         health_path=labels.get(LABEL_HEALTH_PATH, "/health"),
         ready_path=ready or None,
+        restart_policy=str((attrs.get("HostConfig") or {}).get("RestartPolicy", {}).get("Name") or ""),
     )
 
 
@@ -164,9 +181,17 @@ class DockerRuntime:
                 "connecting to Docker",
                 f"{exc} (is the engine running? `bash hack/docker.sh up` starts one)",
             ) from None
+        try:
+            engine_id = str(self.client.info().get("ID") or "default")
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure("connecting to Docker", f"docker info: {_docker_reason(exc)}") from None
+        self.lock_path = state.engine_lock_path(engine_id)
         self.state_dir = state_dir or state.state_dir()
         self.server_name = state.server_name(self.state_dir)
         self.sysfs_root = sysfs_root
+        # Containers of other state directories hold devices when found in the same sysfs tree (a label
+        # missing, as on seed or older containers, means the real one).
+        self.device_root = str((sysfs_root or sysfs_root_default()).resolve())
         self.port_range = port_range or settings().port_range
         self.arch = arch or host_arch()
         self.out = out
@@ -237,7 +262,8 @@ class DockerRuntime:
         last = self._last_exit_code(info) if running and info.restart_count else None
         return classify(
             info.docker_state,
-            stopped_on_purpose=info.container_id in state.stopped_ids(self.state_dir),
+            # "no" is set only by `xw stop` (see the module doc), so it reads the same for every user.
+            stopped_on_purpose=info.restart_policy == "no" or info.container_id in state.stopped_ids(self.state_dir),
             probe=result,
             served_name=info.served_name,
             restart_count=info.restart_count,
@@ -265,11 +291,13 @@ class DockerRuntime:
     def holdings(self, *, every_server: bool = False) -> list[Holding]:
         """What this host's containers and xw-cli's hold, in any state (a stopped xw-cli instance comes
         back on the same devices and port). ``every_server``: also containers of other server names (ports
-        are host-wide; devices of other server names belong to other simulated hosts in tests)."""
+        are host-wide). Devices: every xw container found in the same sysfs tree, whatever its server name, so
+        two state directories on one host never share a chip (tests simulate hosts with their own sysfs)."""
         out = []
         for c in self._all_containers():
             xw_cli = self._is_xw_cli(c)
-            if not (every_server or xw_cli or c.labels.get(LABEL_SERVER_NAME) == self.server_name):
+            same_host = (c.labels.get(LABEL_SYSFS_ROOT) or DEFAULT_SYSFS_ROOT) == self.device_root
+            if not (every_server or xw_cli or same_host):
                 continue
             holding = holding_from_labels(c.labels, self.config)
             if holding.host_port is None:
@@ -335,7 +363,7 @@ class DockerRuntime:
         profile = self.prepare(instance)
         self.ensure_image(profile.image)
         name = container_name(instance.name, self.server_name)
-        with state.host_lock(self.state_dir):
+        with state.host_lock(self.lock_path):
             try:
                 existing: Container = self.client.containers.get(name)
                 raise RuntimeFailure(
@@ -352,6 +380,7 @@ class DockerRuntime:
                     profile.bind(indices), server_name=self.server_name, host_port=host_port, work_host_dir=work
                 )
             )
+            params["labels"][LABEL_SYSFS_ROOT] = self.device_root
             try:
                 container: Container = self.client.containers.create(**params)
             except docker.errors.DockerException as exc:
@@ -392,6 +421,8 @@ class DockerRuntime:
         container = self._container(name)
         state.clear_stopped(self.state_dir, container.id)
         try:
+            if container.attrs.get("HostConfig", {}).get("RestartPolicy", {}).get("Name") != RESTART_POLICY:
+                container.update(restart_policy={"Name": RESTART_POLICY})
             container.start()
         except docker.errors.DockerException as exc:
             if remove_on_failure:
@@ -405,6 +436,8 @@ class DockerRuntime:
         # Intent first: if the CLI dies mid-stop, the instance still reads as stopped, not exited.
         state.mark_stopped(self.state_dir, container.id)
         try:
+            # Docker would start an `always` container again when the daemon restarts.
+            container.update(restart_policy={"Name": "no"})
             container.stop(timeout=timeout)
         except docker.errors.DockerException as exc:
             raise RuntimeFailure("stop container", f"{container.name}: {_docker_reason(exc)}") from None

@@ -1,10 +1,14 @@
-"""The per-host state directory: server name, host-wide lock, stop-intent markers.
+"""The per-user state directory (server name, stop-intent markers) and the host-wide engine lock.
 
 Nothing here duplicates what Docker knows about containers; it only holds what Docker cannot:
-- the server name, stable per host, which goes into container names and the ``xw.server_name`` label so
-  that containers of several hosts (sharing a registry of names, logs, or a remote engine) are told apart;
-- the lock file that serialises "list used devices/ports -> choose -> create container";
+- the server name, stable per state directory, which goes into container names and the
+  ``xw.server_name`` label so that instances of several users are told apart in ``xw ps``;
 - markers saying "this container id was stopped on purpose" (see :mod:`.status`).
+
+The lock that serialises "list used devices/ports -> choose -> create container" is *not* in the state
+directory: two users (or ``sudo`` and a plain user) with different ``XW_STATE_DIR`` share the host's
+chips, so they must share the lock. It lives in a fixed host location, one file per Docker engine
+(:func:`engine_lock_path`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import re
 import secrets
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,8 +28,10 @@ from xw_operator.errors import XwError
 from xw_operator.settings import settings
 
 SERVER_NAME_FILE = "server_name"
-LOCK_FILE = "docker.lock"
 STOPPED_DIR = "stopped"
+LOCK_DIR_ENV = "XW_LOCK_DIR"
+# /run/lock (= /var/lock) is the FHS place for lock files: world-writable with the sticky bit, on tmpfs.
+LOCK_DIRS = ("/run/lock", "/var/lock")
 
 _NAME_OK = re.compile(r"[^a-z0-9-]+")
 
@@ -64,15 +71,59 @@ def server_name(directory: Path) -> str:
     return path.read_text().strip()
 
 
+def engine_lock_path(engine_id: str) -> Path:
+    """The lock file shared by every ``xw`` on this host talking to the engine ``engine_id``.
+
+    ``$XW_LOCK_DIR`` overrides the directory (for hosts without /run/lock); otherwise the first of
+    /run/lock, /var/lock that exists, else the system temporary directory. The engine id (``docker info``
+    ID) is in the name: two engines on one host (rootless and system, say) have separate containers.
+    """
+    safe = re.sub(r"[^A-Za-z0-9]+", "-", engine_id).strip("-")[:80] or "default"
+    configured = settings().lock_dir
+    chosen = str(configured) if configured else ""
+    if not chosen:
+        chosen = next((d for d in LOCK_DIRS if os.path.isdir(d)), tempfile.gettempdir())
+    return Path(chosen) / f"xw-docker-{safe}.lock"
+
+
+def _open_lock(path: Path) -> int:
+    """Open (creating if needed) the lock file for reading: ``flock`` needs no write permission.
+
+    Created 0644 whatever the umask, so another user can open it too; never through a symlink; and an
+    existing file is opened without O_CREAT (``fs.protected_regular`` refuses O_CREAT on another user's
+    file in a sticky directory, even for root).
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(3):
+        try:
+            return os.open(path, flags)
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue  # created by someone else in between: open theirs
+        os.fchmod(fd, 0o644)
+        return fd
+    raise OSError(f"could not open or create {path}")
+
+
 @contextmanager
-def host_lock(directory: Path, timeout: float = 120.0) -> Iterator[None]:
-    """Exclusive ``flock`` on the state directory's lock file.
+def host_lock(path: Path, timeout: float = 120.0) -> Iterator[None]:
+    """Exclusive ``flock`` on the engine's host-wide lock file (see :func:`engine_lock_path`).
 
     Held across "list devices/ports in use -> choose -> create the container carrying them in its labels",
-    so two concurrent ``xw run`` can never choose the same devices or port. The kernel drops the lock when
-    the process dies, so a crashed CLI cannot wedge the host.
+    so two concurrent ``xw run`` -- whatever their state directory or user -- can never choose the same
+    devices or port. The kernel drops the lock when the process dies, so a crashed CLI cannot wedge the
+    host.
     """
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = _open_lock(path)
+    except OSError as exc:
+        raise XwError(
+            f"cannot open the host lock {path}: {exc.strerror or exc} (it must be readable by every xw user; "
+            f"set {LOCK_DIR_ENV} to another directory shared by them)"
+        ) from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -82,7 +133,7 @@ def host_lock(directory: Path, timeout: float = 120.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise XwError(
-                        f"could not take the host lock {directory / LOCK_FILE} within {timeout:.0f}s "
+                        f"could not take the host lock {path} within {timeout:.0f}s "
                         "(another xw command is creating an instance)"
                     ) from None
                 time.sleep(0.05)
