@@ -11,9 +11,9 @@ from xw_operator.devices import packaged_devices_config_path
 from xw_operator.errors import ConfigError
 from xw_operator.k8s.config_source import (
     Change,
-    Snapshot,
     ConfigStore,
     FileSource,
+    Snapshot,
     changed_chips,
     parse_configmap_reference,
 )
