@@ -283,13 +283,13 @@ def test_configmap_defaults_to_the_shipped_devices_yaml(helm: str) -> None:
 
 def test_configmap_carries_the_model_recipes(helm: str, tmp_path: Path) -> None:
     """models.yaml and runtime_params.yaml (xw-cli's format) sit beside devices.yaml in the ConfigMap."""
-    data = one(render(helm), "ConfigMap")["data"]
+    data = one(render(helm), "ConfigMap", CONFIGMAP_NAME)["data"]
     for key in ("models.yaml", "runtime_params.yaml"):
         assert data[key].rstrip("\n") == (REPO / "configs" / key).read_text().rstrip("\n")
     recipes = parse_recipes(data["models.yaml"], data["runtime_params.yaml"])
     assert recipes.model("qwen3-8b") is not None
     older = REPO / "tests" / "fixtures" / "xw-cli" / "0.0.1" / "models.yaml"
-    data = one(render(helm, "--set-file", f"modelsConfig={older}"), "ConfigMap")["data"]
+    data = one(render(helm, "--set-file", f"modelsConfig={older}"), "ConfigMap", CONFIGMAP_NAME)["data"]
     assert data["models.yaml"].rstrip("\n") == older.read_text().rstrip("\n")
 
 

@@ -115,8 +115,10 @@ def test_operator_sigkilled_during_a_burst_converges_without_orphans(
             xw_operator.start()
     print(f"burst: {len(names)} creates, 6 updates, {kills} SIGKILLs")
     wait_for("convergence after the burst", lambda: converged(cluster, namespace, names), timeout=120)
-    dep = get(cluster, namespace, "deployment", "burst-1")
-    assert dep is not None and "--max-model-len=4096" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    dep = get(cluster, namespace, "deployment", "burst-0")  # nvidia-t4: engine args are container args
+    assert dep is not None
+    engine = dep["spec"]["template"]["spec"]["containers"][0]
+    assert "--max-model-len=4096" in " ".join([*engine.get("command", []), *engine.get("args", [])])
     time.sleep(2)  # trailing pod/status events
     assert_idle(cluster, namespace, 8, "after the burst")
 
