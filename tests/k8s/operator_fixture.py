@@ -32,6 +32,7 @@ def has_lws(cluster: Any) -> bool:
     """The cluster serves LeaderWorkerSets (hack/cluster.sh up installs the LWS CRD and controller)."""
     return cluster.kubectl("get", "crd", LWS_CRD, check=False).returncode == 0
 
+
 # The operator's own namespace in tests: where it persists its last good devices.yaml (and, in the HA
 # tests, its Lease). Created once, never deleted (like a release namespace).
 OPERATOR_NAMESPACE = "xw-operator-test"

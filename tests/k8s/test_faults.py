@@ -387,9 +387,23 @@ def test_two_replicas_one_leads_the_standby_takes_over_after_a_sigkill(
 
 @pytest.fixture
 def ascend_node(cluster: Any) -> Iterator[str]:
-    """kwok-ascend910-1, put back exactly as it was (allocatable, kwok management, Ready) afterwards."""
+    """kwok-ascend910-1, put back exactly as it was (allocatable, kwok management, Ready) afterwards.
+    Any other Ascend 910 node than -0 and -1 is cordoned meanwhile, so pods land where the test says."""
     name = "kwok-ascend910-1"
-    yield name
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    bystanders = [
+        n["metadata"]["name"]
+        for n in nodes
+        if "huawei.com/Ascend910" in (n["status"].get("allocatable") or {})
+        and n["metadata"]["name"] not in (name, "kwok-ascend910-0")
+    ]
+    for other in bystanders:
+        cluster.kubectl("cordon", other)
+    try:
+        yield name
+    finally:
+        for other in bystanders:
+            cluster.kubectl("uncordon", other, check=False)
     node = json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
     capacity = node["status"]["capacity"]
     patch = {"status": {"allocatable": {"huawei.com/Ascend910": capacity["huawei.com/Ascend910"]}}}
