@@ -365,12 +365,12 @@ def test_multi_node_adds_exactly_the_leaderworkerset_rule_and_the_flag(helm: str
         "leaderworkersets" not in r["resources"] for o in default if o["kind"].endswith("Role") for r in o["rules"]
     )
     enabled = render(helm, "--set", "multiNode.enabled=true")
-    assert one(enabled, "ClusterRole")["rules"] == [*WORKLOAD_RULES, LWS_RULE]
+    assert one(enabled, "ClusterRole", f"{RELEASE}-xw-operator")["rules"] == [*WORKLOAD_RULES, LWS_RULE]
     assert container(enabled)["args"][-1] == "--multi-node"
     scoped = render(helm, "--set", "multiNode.enabled=true", "--set", "watchNamespaces={team-a}")
     role = next(r for r in by_kind(scoped, "Role") if r["metadata"]["namespace"] == "team-a")
     assert role["rules"] == [*WORKLOAD_RULES, LWS_RULE]
-    assert by_kind(scoped, "ClusterRole") == []
+    assert [r["rules"] for r in by_kind(scoped, "ClusterRole")] == [NODE_RULES]  # reading nodes only
     # the admission policy guards the operator's LeaderWorkerSet writes like its Deployments
     policy = one(render(helm, *VAP_API, "--set", "multiNode.enabled=true"), "ValidatingAdmissionPolicy")
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
