@@ -11,9 +11,16 @@ from typing import Any
 import pytest
 from audit_support import AuditWindow
 from operator_fixture import OperatorProcess
-from test_operator import condition, events_for, get, instance, wait_for, wait_ready
+from test_operator import condition, events_for, get, wait_for, wait_ready
+from test_operator import instance as _instance
 
 pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
+
+
+def instance(name: str, **kwargs: Any) -> dict[str, Any]:
+    """test_operator's builder, with the name first (as these tests were written)."""
+    return _instance(name=name, **kwargs)
+
 
 # name -> (spec fields the CRD accepts but the API server refuses, a fragment of the server's message).
 # The image: a Deployment with it is accepted and only its Pods are refused (by the ReplicaSet controller,

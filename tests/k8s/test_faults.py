@@ -32,9 +32,16 @@ import yaml
 from audit_support import AuditWindow
 from chart_support import service_account_token, write_token_kubeconfig
 from operator_fixture import OPERATOR_NAMESPACE, SHIPPED_DEVICES, OperatorProcess
-from test_operator import apply, condition, events_for, get, instance, restore_shipped_devices, wait_for, wait_ready
+from test_operator import apply, condition, events_for, get, restore_shipped_devices, wait_for, wait_ready
+from test_operator import instance as _instance
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("operator_log_on_failure")]
+
+
+def instance(name: str, **kwargs: Any) -> dict[str, Any]:
+    """test_operator's builder, with the name first (as these tests were written)."""
+    return _instance(name=name, **kwargs)
+
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
