@@ -11,6 +11,8 @@
 #   bash hack/cluster.sh down            stop every process `up` started (by recorded pid), wipe etcd data
 #   bash hack/cluster.sh env             print the export lines without starting anything
 #   bash hack/cluster.sh status          show which recorded processes are alive
+#   bash hack/cluster.sh restart C [S]   stop component C (etcd, kube-apiserver, ...) and start it again
+#                                        with the very same arguments after S seconds (fault tests)
 #   bash hack/cluster.sh audit-log-path  print the apiserver audit log path
 #   bash hack/cluster.sh bin-dir         print the directory holding the binaries
 #
@@ -760,6 +762,29 @@ cmd_down() {
   log "cluster down ($STATE)"
 }
 
+# Fault injection: restart one component exactly as `up` started it (its argv is read back from /proc),
+# optionally staying down for a while. etcd keeps its data directory, so the cluster state survives.
+cmd_restart() {
+  local c="${1:-}" down="${2:-0}" pid args=()
+  [[ " ${COMPONENTS[*]} " == *" $c "* ]] || die "usage: $0 restart {${COMPONENTS[*]}} [seconds-down]"
+  pid="$(live_pid "$c")" || die "$c is not running"
+  mapfile -d '' args < "/proc/$pid/cmdline"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 15))
+  while [[ -d "/proc/$pid" ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
+    if (( SECONDS >= deadline )); then kill -KILL "$pid" 2>/dev/null || true; fi
+    sleep 0.1
+  done
+  log "stopped $c (pid $pid); starting it again in ${down}s"
+  sleep "$down"
+  start_component "$c" "${args[@]:1}"
+  case "$c" in
+    etcd) wait_for etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health" || die "etcd did not come back" ;;
+    kube-apiserver) wait_for "kube-apiserver /readyz" 60 kctl --request-timeout=5s get --raw /readyz || die "kube-apiserver did not come back" ;;
+  esac
+  log "$c restarted"
+}
+
 cmd_status() {
   local c pid
   for c in "${COMPONENTS[@]}"; do
@@ -776,7 +801,8 @@ case "${1:-}" in
   down) cmd_down ;;
   env) print_env ;;
   status) cmd_status ;;
+  restart) shift; cmd_restart "$@" ;;
   bin-dir) echo "$BIN_DIR" ;;
   audit-log-path) echo "$AUDIT_LOG" ;;
-  *) echo "usage: $0 build|build-lws|up|down|env|status|audit-log-path|bin-dir" >&2; exit 2 ;;
+  *) echo "usage: $0 build|build-lws|up|down|env|status|restart|audit-log-path|bin-dir" >&2; exit 2 ;;
 esac

@@ -151,7 +151,36 @@ for _command in DOCKER_COMMANDS:
     help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics; 0 disables them.",
 )
 @click.option(
-    "--metrics-address", default="0.0.0.0", show_default=True, help="Address the metrics endpoint listens on."
+    "--metrics-address",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the metrics endpoint listens on.",
+)
+@click.option(
+    "--leader-election-lease",
+    default=None,
+    metavar="NAMESPACE/NAME",
+    envvar="XW_LEADER_ELECTION_LEASE",
+    help="Run as one of several replicas: only the holder of this coordination.k8s.io Lease reconciles.",
+)
+@click.option(
+    "--last-good-configmap",
+    default=None,
+    metavar="NAMESPACE/NAME",
+    envvar="XW_LAST_GOOD_CONFIGMAP",
+    help="Persist every accepted devices.yaml here; used at start-up when the current one is invalid.",
+)
+@click.option(
+    "--evict-on-device-loss/--no-evict-on-device-loss",
+    default=True,
+    show_default=True,
+    help="Delete pods whose node lost devices or went NotReady, so their Deployment reschedules them.",
+)
+@click.option(
+    "--watch-nodes/--no-watch-nodes",
+    default=True,
+    show_default=True,
+    help="Watch nodes for accelerator health (needs get/list/watch on nodes).",
 )
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
 @click.option(
@@ -171,6 +200,10 @@ def operator_command(
     liveness: str,
     metrics_port: int,
     metrics_address: str,
+    leader_election_lease: str | None,
+    last_good_configmap: str | None,
+    evict_on_device_loss: bool,
+    watch_nodes: bool,
     json_logs: bool,
     multi_node: bool,
     verbose: bool,
@@ -192,6 +225,10 @@ def operator_command(
         multi_node=multi_node,
         metrics_port=metrics_port,
         metrics_address=metrics_address,
+        leader_election_lease=leader_election_lease,
+        last_good_configmap=last_good_configmap,
+        evict_on_device_loss=evict_on_device_loss,
+        watch_nodes=watch_nodes,
     )
 
 

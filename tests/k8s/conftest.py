@@ -23,6 +23,10 @@ from pathlib import Path
 
 import pytest
 
+# The shared operator fixtures, defined once here: a fixture imported into several test modules would be
+# a separate definition in each, i.e. one "session" operator per module, all running at once.
+from operator_fixture import operator_log_on_failure, xw_operator  # noqa: F401
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CLUSTER_SH = REPO / "hack" / "cluster.sh"

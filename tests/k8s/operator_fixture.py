@@ -33,6 +33,12 @@ def has_lws(cluster: Any) -> bool:
     return cluster.kubectl("get", "crd", LWS_CRD, check=False).returncode == 0
 
 
+# The operator's own namespace in tests: where it persists its last good devices.yaml (and, in the HA
+# tests, its Lease). Created once, never deleted (like a release namespace).
+OPERATOR_NAMESPACE = "xw-operator-test"
+LAST_GOOD = f"{OPERATOR_NAMESPACE}/xw-operator-last-good"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,17 +46,28 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, cluster: Any, workdir: Path) -> None:
+    def __init__(
+        self,
+        cluster: Any,
+        workdir: Path,
+        *,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        devices_text: str | None = None,
+    ) -> None:
         self.cluster = cluster
         self.workdir = workdir
         self.devices_path = workdir / "devices.yaml"
-        self.devices_path.write_text(SHIPPED_DEVICES.read_text(encoding="utf-8"), encoding="utf-8")
+        self.devices_path.write_text(devices_text or SHIPPED_DEVICES.read_text(encoding="utf-8"), encoding="utf-8")
         self.port = free_port()
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         # Multi-node support (LeaderWorkerSet watch) whenever the cluster has the LWS CRD.
         self.multi_node = has_lws(cluster)
+        # Scope and extras: all namespaces and the last-good ConfigMap unless a test says otherwise.
+        self.args = args if args is not None else ["--all-namespaces", "--last-good-configmap", LAST_GOOD]
+        self.extra_env = env or {}
 
     @property
     def log_path(self) -> Path:
@@ -65,10 +82,11 @@ class OperatorProcess:
         env = self.cluster.env()
         env["XW_CONFIG_POLL_SECONDS"] = "1"
         env["PYTHONWARNINGS"] = "ignore"
+        env.update(self.extra_env)
         cmd = [
             str(XW),
             "operator",
-            "--all-namespaces",
+            *self.args,
             "--devices-config",
             str(self.devices_path),
             "--liveness",
@@ -122,6 +140,17 @@ class OperatorProcess:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all (no Lease release, handlers cut mid-way)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def log_text(self) -> str:
         return "\n".join(
             p.read_text(encoding="utf-8", errors="replace")[-20000:]
@@ -142,6 +171,11 @@ class OperatorProcess:
         self.write_devices(SHIPPED_DEVICES.read_text(encoding="utf-8"))
 
 
+def ensure_operator_namespace(cluster: Any) -> None:
+    if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+
+
 def install_crd(cluster: Any) -> None:
     if CRD.exists():
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
@@ -154,6 +188,7 @@ def install_crd(cluster: Any) -> None:
 @pytest.fixture(scope="session")
 def xw_operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     install_crd(cluster)
+    ensure_operator_namespace(cluster)
     op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
     op.start()
     try:

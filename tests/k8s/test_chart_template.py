@@ -31,9 +31,13 @@ WORKLOAD_RULES = [
     {"apiGroups": ["xw.dev"], "resources": ["modelinstances"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["xw.dev"], "resources": ["modelinstances/status"], "verbs": ["patch"]},
     {"apiGroups": ["xw.dev"], "resources": ["modelinstances/finalizers"], "verbs": ["update"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "patch", "update"],
+    },
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 LWS_RULE = {
@@ -42,10 +46,21 @@ LWS_RULE = {
     "verbs": ["get", "list", "watch", "create", "patch"],
 }
 CONFIGMAP_NAME = f"{RELEASE}-xw-operator-devices"
+LAST_GOOD_NAME = f"{RELEASE}-xw-operator-last-good"
+LEASE_NAME = f"{RELEASE}-xw-operator"
 CONFIG_RULES = [
     {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CONFIGMAP_NAME], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [LAST_GOOD_NAME], "verbs": ["get", "patch"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [LEASE_NAME],
+        "verbs": ["get", "update"],
+    },
 ]
+NODE_RULES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
 
 
 def _find_helm() -> str:
@@ -138,7 +153,10 @@ def test_default_render_has_every_object_and_nothing_else(helm: str) -> None:
         [
             ("ClusterRole", f"{RELEASE}-xw-operator"),
             ("ClusterRoleBinding", f"{RELEASE}-xw-operator"),
+            ("ClusterRole", f"{RELEASE}-xw-operator-nodes"),
+            ("ClusterRoleBinding", f"{RELEASE}-xw-operator-nodes"),
             ("ConfigMap", CONFIGMAP_NAME),
+            ("ConfigMap", LAST_GOOD_NAME),
             ("CustomResourceDefinition", "modelinstances.xw.dev"),
             ("Deployment", f"{RELEASE}-xw-operator"),
             ("Role", f"{RELEASE}-xw-operator-devices-config"),
@@ -203,13 +221,16 @@ def test_default_operator_args_serve_all_namespaces_from_the_configmap(helm: str
         f"--devices-configmap={NAMESPACE}/{CONFIGMAP_NAME}",
         "--liveness=http://0.0.0.0:8080/healthz",
         "--metrics-port=9090",
+        f"--leader-election-lease={NAMESPACE}/{LEASE_NAME}",
+        f"--last-good-configmap={NAMESPACE}/{LAST_GOOD_NAME}",
     ]
 
 
 def test_default_rbac_is_a_clusterrole_with_exactly_the_operator_rules(helm: str) -> None:
     objects = render(helm)
-    assert one(objects, "ClusterRole")["rules"] == WORKLOAD_RULES
-    binding = one(objects, "ClusterRoleBinding")
+    assert one(objects, "ClusterRole", f"{RELEASE}-xw-operator")["rules"] == WORKLOAD_RULES
+    assert one(objects, "ClusterRole", f"{RELEASE}-xw-operator-nodes")["rules"] == NODE_RULES
+    binding = one(objects, "ClusterRoleBinding", f"{RELEASE}-xw-operator")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
@@ -227,11 +248,14 @@ def test_rbac_never_grants_secrets_wildcards_pod_writes_or_deletes(helm: str) ->
             for rule in role["rules"]:
                 assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
                 assert "secrets" not in rule["resources"]
-                assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"]
+                assert "deletecollection" not in rule["verbs"]
+                assert "delete" not in rule["verbs"] or rule["resources"] == ["pods"]  # rescheduling only
                 if "pods" in rule["resources"]:
-                    assert set(rule["verbs"]) <= {"get", "list", "watch"}
+                    assert set(rule["verbs"]) <= {"get", "list", "watch", "delete"}
                 if "configmaps" in rule["resources"]:
-                    assert rule["resourceNames"] == [CONFIGMAP_NAME] and role["kind"] == "Role"
+                    assert rule["resourceNames"] in ([CONFIGMAP_NAME], [LAST_GOOD_NAME]) and role["kind"] == "Role"
+                if "nodes" in rule["resources"]:
+                    assert set(rule["verbs"]) <= {"get", "list", "watch"}
 
 
 VAP_API = ("--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy")
@@ -256,7 +280,7 @@ def test_admission_policy_binds_the_operator_service_account_and_can_be_switched
 
 
 def test_configmap_defaults_to_the_shipped_devices_yaml(helm: str) -> None:
-    cm = one(render(helm), "ConfigMap")
+    cm = one(render(helm), "ConfigMap", CONFIGMAP_NAME)
     text = cm["data"]["devices.yaml"]
     shipped = (REPO / "configs" / "devices.yaml").read_text()
     assert text.rstrip("\n") == shipped.rstrip("\n")
@@ -265,13 +289,13 @@ def test_configmap_defaults_to_the_shipped_devices_yaml(helm: str) -> None:
 
 def test_configmap_carries_the_model_recipes(helm: str, tmp_path: Path) -> None:
     """models.yaml and runtime_params.yaml (xw-cli's format) sit beside devices.yaml in the ConfigMap."""
-    data = one(render(helm), "ConfigMap")["data"]
+    data = one(render(helm), "ConfigMap", CONFIGMAP_NAME)["data"]
     for key in ("models.yaml", "runtime_params.yaml"):
         assert data[key].rstrip("\n") == (REPO / "configs" / key).read_text().rstrip("\n")
     recipes = parse_recipes(data["models.yaml"], data["runtime_params.yaml"])
     assert recipes.model("qwen3-8b") is not None
     older = REPO / "tests" / "fixtures" / "xw-cli" / "0.0.1" / "models.yaml"
-    data = one(render(helm, "--set-file", f"modelsConfig={older}"), "ConfigMap")["data"]
+    data = one(render(helm, "--set-file", f"modelsConfig={older}"), "ConfigMap", CONFIGMAP_NAME)["data"]
     assert data["models.yaml"].rstrip("\n") == older.read_text().rstrip("\n")
 
 
@@ -316,7 +340,9 @@ def test_sync_script_check_mode_agrees() -> None:
 
 def test_watch_namespaces_gives_one_role_per_namespace_and_no_cluster_rights(helm: str) -> None:
     objects = render(helm, "--set", "watchNamespaces={team-a,team-b}")
-    assert by_kind(objects, "ClusterRole") == [] and by_kind(objects, "ClusterRoleBinding") == []
+    # The only cluster-wide right: reading nodes (accelerator health).
+    assert [r["rules"] for r in by_kind(objects, "ClusterRole")] == [NODE_RULES]
+    assert [b["roleRef"]["name"] for b in by_kind(objects, "ClusterRoleBinding")] == [f"{RELEASE}-xw-operator-nodes"]
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(objects, "Role")}
     assert set(roles) == {
         ("team-a", f"{RELEASE}-xw-operator"),
@@ -345,12 +371,12 @@ def test_multi_node_adds_exactly_the_leaderworkerset_rule_and_the_flag(helm: str
         "leaderworkersets" not in r["resources"] for o in default if o["kind"].endswith("Role") for r in o["rules"]
     )
     enabled = render(helm, "--set", "multiNode.enabled=true")
-    assert one(enabled, "ClusterRole")["rules"] == [*WORKLOAD_RULES, LWS_RULE]
+    assert one(enabled, "ClusterRole", f"{RELEASE}-xw-operator")["rules"] == [*WORKLOAD_RULES, LWS_RULE]
     assert container(enabled)["args"][-1] == "--multi-node"
     scoped = render(helm, "--set", "multiNode.enabled=true", "--set", "watchNamespaces={team-a}")
     role = next(r for r in by_kind(scoped, "Role") if r["metadata"]["namespace"] == "team-a")
     assert role["rules"] == [*WORKLOAD_RULES, LWS_RULE]
-    assert by_kind(scoped, "ClusterRole") == []
+    assert [r["rules"] for r in by_kind(scoped, "ClusterRole")] == [NODE_RULES]  # reading nodes only
     # the admission policy guards the operator's LeaderWorkerSet writes like its Deployments
     policy = one(render(helm, *VAP_API, "--set", "multiNode.enabled=true"), "ValidatingAdmissionPolicy")
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
@@ -422,7 +448,7 @@ def test_devices_config_from_a_file_reaches_the_configmap_verbatim(helm: str, tm
     assert custom != shipped
     path = tmp_path / "devices.yaml"
     path.write_text(custom)
-    text = one(render(helm, "--set-file", f"devicesConfig={path}"), "ConfigMap")["data"]["devices.yaml"]
+    text = one(render(helm, "--set-file", f"devicesConfig={path}"), "ConfigMap", CONFIGMAP_NAME)["data"]["devices.yaml"]
     assert text.rstrip("\n") == custom.rstrip("\n")
     assert "ascend-910b-custom" in parse_devices_config(text).chip_keys
 
@@ -430,7 +456,9 @@ def test_devices_config_from_a_file_reaches_the_configmap_verbatim(helm: str, tm
 def test_devices_config_as_a_mapping_is_rendered_to_yaml(helm: str, values_file: Any) -> None:
     mapping = yaml.safe_load((REPO / "configs" / "devices.yaml").read_text())
     mapping["vendors"] = mapping["vendors"][:1]
-    text = one(render(helm, "-f", values_file({"devicesConfig": mapping})), "ConfigMap")["data"]["devices.yaml"]
+    text = one(render(helm, "-f", values_file({"devicesConfig": mapping})), "ConfigMap", CONFIGMAP_NAME)["data"][
+        "devices.yaml"
+    ]
     config = parse_devices_config(text)
     assert config.chip_keys and all(config.find_chip(k) is not None for k in config.chip_keys)
     assert yaml.safe_load(text) == mapping
@@ -440,7 +468,8 @@ def test_external_service_account_is_used_without_creating_one(helm: str) -> Non
     objects = render(helm, "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=existing")
     assert by_kind(objects, "ServiceAccount") == []
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
-    assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "existing"
+    for binding in by_kind(objects, "ClusterRoleBinding"):
+        assert binding["subjects"][0]["name"] == "existing"
 
 
 def test_rbac_create_false_renders_no_rbac(helm: str) -> None:
@@ -503,7 +532,8 @@ def test_service_monitor_pod_monitor_and_dashboard_when_enabled(helm: str) -> No
 @pytest.mark.parametrize(
     ("sets", "expected"),
     [
-        (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
+        (["--set", "replicas=0"], "replicas"),
+        (["--set", "acceleratorHealth.evict=true"], "additional properties 'evict' not allowed"),
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "watchNamespaces=team-a"], "watchNamespaces"),
         (["--set", "watchNamespaces={Team_A}"], "watchNamespaces"),
@@ -529,3 +559,22 @@ def test_service_monitor_pod_monitor_and_dashboard_when_enabled(helm: str) -> No
 def test_wrong_values_fail_with_a_message_naming_the_value(helm: str, sets: list[str], expected: str) -> None:
     err = render_error(helm, *sets)
     assert expected in err, err
+
+
+# ------------------------------------------------------------------------------------------ HA, health
+
+
+def test_two_replicas_roll_and_elect_a_leader(helm: str) -> None:
+    objects = render(helm, "--set", "replicas=2")
+    dep = one(objects, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+    assert f"--leader-election-lease={NAMESPACE}/{LEASE_NAME}" in container(objects)["args"]
+
+
+def test_accelerator_health_can_be_limited_or_turned_off(helm: str) -> None:
+    args = container(render(helm, "--set", "acceleratorHealth.reschedulePods=false"))["args"]
+    assert "--no-evict-on-device-loss" in args and "--no-watch-nodes" not in args
+    objects = render(helm, "--set", "acceleratorHealth.watchNodes=false")
+    assert "--no-watch-nodes" in container(objects)["args"]
+    assert [r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")] == [f"{RELEASE}-xw-operator"]

@@ -146,9 +146,17 @@ def test_install_creates_every_chart_object(cluster: Any, release: Release) -> N
     objects = [o for o in yaml.safe_load_all(manifest) if o]
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
-        ["CustomResourceDefinition", "ServiceAccount", "ConfigMap", "Deployment", "Service"]  # Service: metrics
+        [
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ConfigMap",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+        ]  # Service: metrics; 2nd ConfigMap: last good
         + ["Role", "RoleBinding"] * 3  # one per watched namespace, and the release namespace's ConfigMap reader
         + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]  # the cluster serves the API (1.34)
+        + ["ClusterRole", "ClusterRoleBinding"]  # reading nodes (accelerator health)
     )
     for obj in objects:
         ns = obj["metadata"].get("namespace")
@@ -177,6 +185,11 @@ def test_service_account_may_do_what_the_operator_needs(cluster: Any, release: R
         ("create", "events", ns),
         ("get", f"configmap/{release.configmap}", release.namespace),
         ("create", "events", release.namespace),
+        ("update", f"lease/{release.fullname}", release.namespace),
+        ("patch", f"configmap/{release.fullname}-last-good", release.namespace),
+        ("delete", "pods", ns),
+        ("update", "deployments.apps", ns),
+        ("watch", "nodes", None),
         ("watch", "modelinstances.xw.dev", release.watched2),
         ("create", "deployments.apps", release.watched2),
     ]
@@ -191,7 +204,9 @@ def test_service_account_may_not_do_anything_else(cluster: Any, release: Release
         ("list", "secrets", None),
         ("get", "secrets", release.namespace),
         ("create", "pods", ns),
-        ("delete", "pods", ns),
+        ("delete", "pods", "default"),
+        ("update", "lease/other", release.namespace),
+        ("patch", "configmap/other", release.namespace),
         ("create", "pods:exec", ns),
         ("update", "modelinstances.xw.dev:status", ns),  # merge patch only
         ("delete", "deployments.apps", ns),
@@ -204,7 +219,7 @@ def test_service_account_may_not_do_anything_else(cluster: Any, release: Release
         ("get", "configmap/kube-root-ca.crt", release.namespace),
         ("get", "configmaps", ns),
         ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
-        ("list", "nodes", None),
+        ("patch", "nodes", None),
         ("create", "rolebindings.rbac.authorization.k8s.io", ns),
         ("create", "serviceaccounts:token", release.namespace),
     ]

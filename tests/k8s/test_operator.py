@@ -14,11 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_fixture import SHIPPED_DEVICES, OperatorProcess, operator_log_on_failure, xw_operator
+from operator_fixture import SHIPPED_DEVICES, OperatorProcess
 
 import builders
-
-__all__ = ["operator_log_on_failure", "xw_operator"]  # fixtures, re-exported for pytest
 
 pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
 

@@ -5,6 +5,7 @@ the real operator's /metrics: tests/k8s/test_day2.py.)"""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,7 +42,7 @@ def test_write_labels_name_the_verb_and_kind(key: str, labels: tuple[str, str]) 
 
 def test_every_write_through_the_client_is_counted() -> None:
     metrics = OperatorMetrics()
-    api = KubeApi(api_client=object())
+    api = KubeApi(api_client=SimpleNamespace())  # no transport needed: on_write is called directly
     metrics.watch_api(api)
     assert api.on_write is not None
     api.on_write("PATCH", "/apis/apps/v1/namespaces/ns/deployments/qwen")

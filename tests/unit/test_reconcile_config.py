@@ -13,6 +13,7 @@ from xw_operator.k8s.config_source import (
     Change,
     ConfigStore,
     FileSource,
+    Snapshot,
     changed_chips,
     parse_configmap_reference,
 )
@@ -74,11 +75,54 @@ def test_unreadable_file_is_refused(devices_file: Path) -> None:
     assert store.current.find_chip("ascend-910b") is not None
 
 
-def test_invalid_config_at_startup_is_fatal(tmp_path: Path) -> None:
+class MemoryLastGood:
+    """In-memory stand-in for LastGoodStore (same two methods; the ConfigMap one is tested in tests/k8s)."""
+
+    description = "memory"
+
+    def __init__(self) -> None:
+        self.stored: Snapshot | None = None
+        self.saves = 0
+
+    def load(self) -> Snapshot | None:
+        return self.stored
+
+    def save(self, snapshot: Snapshot) -> None:
+        if self.stored is None or self.stored.digest != snapshot.digest:
+            self.stored = snapshot
+            self.saves += 1
+
+
+def test_invalid_config_at_startup_without_a_last_good_one_reconciles_nothing(tmp_path: Path) -> None:
     path = tmp_path / "devices.yaml"
     path.write_text("version: 1\nvendors: [{vendor_name: x}]\n", encoding="utf-8")
-    with pytest.raises(ConfigError):
-        ConfigStore(FileSource(path))
+    store = ConfigStore(FileSource(path))  # no exception: the operator stays up
+    assert not store.ready
+    assert isinstance(store.startup_error, ConfigError)
+    health = store.health()
+    assert health["inForce"] == "none" and health["reconciling"] is False and "vendor_id" in health["why"]
+    assert store.poll() is None  # the start-up refusal is reported once, by the runner
+    path.write_text(SHIPPED, encoding="utf-8")
+    change = store.poll()
+    assert isinstance(change, Change) and change.everything and change.old is None
+    assert store.ready and store.health()["inForce"] == "source"
+
+
+def test_invalid_config_at_startup_runs_on_the_persisted_last_good_one(devices_file: Path) -> None:
+    last_good = MemoryLastGood()
+    first = ConfigStore(FileSource(devices_file), last_good)  # type: ignore[arg-type]
+    assert last_good.saves == 1
+    ConfigStore(FileSource(devices_file), last_good)  # type: ignore[arg-type]
+    assert last_good.saves == 1  # an unchanged version is not written again
+    devices_file.write_text(SHIPPED.replace("shm_size_gb: 32", "shm_size_gb: lots"), encoding="utf-8")
+    store = ConfigStore(FileSource(devices_file), last_good)  # type: ignore[arg-type]
+    assert store.ready and store.state.in_force == "last-good"
+    assert store.state.digest == first.state.digest
+    assert "shm_size_gb" in (store.state.last_error or "")
+    assert store.current.find_chip("nvidia-t4") is not None
+    devices_file.write_text(SHIPPED, encoding="utf-8")
+    assert store.poll() is None  # the fixed file is the last good one: nothing to re-render
+    assert store.state.in_force == "source" and store.state.last_error is None
 
 
 def test_removed_and_added_chips_count_as_changed(devices_file: Path) -> None:

@@ -46,6 +46,16 @@ app.kubernetes.io/part-of: xw-operator
 {{- printf "%s-devices" (include "xw-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The ConfigMap in which the operator persists the last devices.yaml it accepted (start-up fallback). */}}
+{{- define "xw-operator.lastGoodConfigMapName" -}}
+{{- printf "%s-last-good" (include "xw-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The coordination.k8s.io Lease the replicas elect their leader on. */}}
+{{- define "xw-operator.leaseName" -}}
+{{- include "xw-operator.fullname" . }}
+{{- end }}
+
 {{- define "xw-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}

@@ -8,12 +8,16 @@ measured, not assumed.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
@@ -27,12 +31,26 @@ Obj = dict[str, Any]
 
 
 class ApiError(Exception):
-    """A non-2xx answer from the API server, with its status code and message."""
+    """A non-2xx answer from the API server, with its status code, message and the Status ``reason``
+    (``Invalid``, ``Forbidden``, ...). ``status == 0`` means no answer at all (connection refused, reset,
+    timeout): see :mod:`xw_operator.k8s.failures` for which errors are transient."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
+    def __init__(self, status: int, message: str, api_reason: str = "") -> None:
+        super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
         self.message = message
+        self.api_reason = api_reason
+
+
+# Everything the transport can raise when the API server is unreachable or answers garbage: urllib3's
+# errors (MaxRetryError, ProtocolError, ReadTimeoutError...), socket/OS errors, http.client errors and a
+# body that is not JSON (a proxy's HTML page). They become ApiError(0, ...) so callers handle one type.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    ValueError,
+)
 
 
 def load_api_client() -> Any:
@@ -58,7 +76,16 @@ PLURALS = {
     "Pod": "pods",
     "ConfigMap": "configmaps",
     "LeaderWorkerSet": "leaderworkersets",
+    "Lease": "leases",
 }
+
+
+def process_identity() -> str:
+    """Who this operator process is, in Lease holders, Event reporters and its User-Agent: the pod name
+    when running in a pod (downward API), else host and pid -- unique per process either way."""
+    from xw_operator.settings import settings
+
+    return settings().pod_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def path_of(obj: Obj) -> str:
@@ -72,6 +99,8 @@ class KubeApi:
 
     def __init__(self, api_client: Any | None = None, *, timeout: float = 30.0) -> None:
         self.api_client = api_client if api_client is not None else load_api_client()
+        # A per-process User-Agent: the audit log then tells which replica wrote what.
+        self.api_client.user_agent = f"xw-operator/{process_identity()}"
         self.timeout = timeout
         # Called with (method, path) before every write: the operator's metrics count writes here.
         self.on_write: Callable[[str, str], None] | None = None
@@ -88,20 +117,30 @@ class KubeApi:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        _, url, headers, _, _ = self.api_client.param_serialize(
-            method=method, resource_path=path, header_params=headers, auth_settings=["BearerToken"]
-        )
-        if query:
-            url += "?" + urlencode(query)
-        response = self.api_client.call_api(
-            method, url, header_params=headers, body=body, _request_timeout=self.timeout
-        )
-        raw = response.read()
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw or "")
-        data: Any = json.loads(text) if text else {}
-        if not 200 <= response.status < 300:
-            message = data.get("message", text) if isinstance(data, dict) else text
-            raise ApiError(response.status, message)
+        try:
+            _, url, headers, _, _ = self.api_client.param_serialize(
+                method=method, resource_path=path, header_params=headers, auth_settings=["BearerToken"]
+            )
+            if query:
+                url += "?" + urlencode(query)
+            response = self.api_client.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=self.timeout
+            )
+            raw = response.read()
+            status = int(response.status)
+        except TRANSPORT_ERRORS as exc:
+            raise ApiError(0, f"API server unreachable ({method} {path}): {type(exc).__name__}: {exc}") from None
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw or "")
+        try:
+            data: Any = json.loads(text) if text else {}
+        except ValueError:
+            data = None
+        if not 200 <= status < 300:
+            message = str(data.get("message", text)) if isinstance(data, dict) else text[:500]
+            reason = str(data.get("reason", "")) if isinstance(data, dict) else ""
+            raise ApiError(status, message, reason)
+        if data is None:
+            raise ApiError(0, f"API server answered {method} {path} with a body that is not JSON: {text[:200]!r}")
         return data if isinstance(data, dict) else {}
 
     def get(self, path: str) -> Obj | None:
@@ -112,9 +151,11 @@ class KubeApi:
                 return None
             raise
 
-    def list(self, path: str, *, label_selector: str | None = None) -> list[Obj]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        items: list[Obj] = self.request("GET", path, query=query).get("items", [])
+    def list(self, path: str, *, label_selector: str | None = None, field_selector: str | None = None) -> list[Obj]:
+        query = {"labelSelector": label_selector} if label_selector else {}
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        items: list[Obj] = self.request("GET", path, query=query or None).get("items", [])
         return items
 
     def write(self, method: str, path: str, body: Any, *, content_type: str | None = None, **query: str) -> Obj:
@@ -128,6 +169,15 @@ class KubeApi:
         return self.write(
             "PATCH", path_of(obj), obj, content_type=APPLY_CONTENT_TYPE, fieldManager=FIELD_MANAGER, force="true"
         )
+
+    def replace(self, obj: Obj) -> Obj:
+        """PUT: the object becomes exactly ``obj`` (optimistic concurrency on its resourceVersion)."""
+        return self.write("PUT", path_of(obj), obj, content_type="application/json", fieldManager=FIELD_MANAGER)
+
+    def delete(self, path: str, *, uid: str | None = None) -> Obj:
+        """DELETE, optionally only if the object still has this uid (never a namesake created since)."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}} if uid else None
+        return self.write("DELETE", path, body, content_type="application/json" if body else None)
 
     def merge_patch(self, path: str, patch: Obj) -> Obj:
         return self.write("PATCH", path, patch, content_type=MERGE_CONTENT_TYPE, fieldManager=FIELD_MANAGER)

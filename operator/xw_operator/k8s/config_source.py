@@ -10,6 +10,11 @@ Two sources, one at a time:
 
 An invalid new version never replaces the good one: the store keeps serving the last good config and
 records the error, which the operator logs, posts as a Warning Event and exposes on its health endpoint.
+
+Start-up never depends on a human: every accepted version is persisted (last_good.py); an operator that
+starts while its devices.yaml is invalid or unreadable runs on the persisted one, and with none it stays
+up with no configuration (``ready`` is False: nothing is reconciled; /healthz and an Event say why) until
+a valid version appears -- which then counts as a change of everything.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from xw_operator.devices import DevicesConfig, parse_devices_config
 from xw_operator.errors import ConfigError
 from xw_operator.k8s.client import ApiError, KubeApi, object_path
 from xw_operator.recipes import MODELS_FILE, RUNTIME_PARAMS_FILE, parse_recipes
+
+if TYPE_CHECKING:
+    from xw_operator.k8s.last_good import LastGoodStore
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +158,11 @@ def changed_chips(old: DevicesConfig, new: DevicesConfig) -> set[str]:
 
 @dataclass(frozen=True)
 class Change:
-    old: DevicesConfig
+    old: DevicesConfig | None
     new: DevicesConfig
     chips: frozenset[str]
     digest: str
+    everything: bool = False  # the first valid version after none: every instance is affected
 
 
 @dataclass
@@ -161,27 +170,111 @@ class ConfigState:
     """What the health endpoint shows about devices.yaml."""
 
     source: str
-    digest: str
+    digest: str | None
     last_error: str | None = None
     rejected_digest: str | None = None
     reloads: int = 0
     chips: list[str] = field(default_factory=list)
+    in_force: str = "source"  # source | last-good | none
+    pending: list[str] = field(default_factory=list)  # chip keys whose instances a reload has yet to reach
+
+
+class NoDevicesConfig(RuntimeError):
+    """No valid devices.yaml was ever seen: nothing can be reconciled."""
 
 
 class ConfigStore:
-    """The last good DevicesConfig plus the bookkeeping of reloads. Thread-safe."""
+    """The last good DevicesConfig plus the bookkeeping of reloads. Thread-safe.
 
-    def __init__(self, source: Source) -> None:
+    Never raises at construction: see the module docstring for what happens with an invalid start."""
+
+    def __init__(self, source: Source, last_good: LastGoodStore | None = None) -> None:
         self.source = source
-        snapshot = source.read()
-        self._config = parse_snapshot(snapshot)  # startup: invalid is fatal
+        self.last_good = last_good
         self._lock = threading.Lock()
-        self.state = ConfigState(source.description, snapshot.digest, chips=self._config.chip_keys)
+        self._config: DevicesConfig | None = None
+        self.state = ConfigState(source.description, None)
+        self.startup_error: ConfigError | None = None
+        try:
+            snapshot = source.read()
+        except ConfigError as exc:
+            self._start_invalid(exc, f"unreadable:{exc}")
+            return
+        try:
+            config = parse_snapshot(snapshot)
+        except ConfigError as exc:
+            self._start_invalid(exc, snapshot.digest)
+            return
+        self._accept(snapshot, config)
+
+    def _start_invalid(self, error: ConfigError, digest: str) -> None:
+        # Reported once by the runner (startup_error); the poll loop then stays quiet until it changes.
+        self.startup_error = error
+        self.state.last_error = str(error)
+        self.state.rejected_digest = digest
+        self._start_from_last_good(error)
+
+    def _start_from_last_good(self, error: ConfigError) -> None:
+        stored = self.last_good.load() if self.last_good is not None else None
+        if stored is None:
+            self.state.in_force = "none"
+            log.error("devices config invalid at start-up and no last good version is stored: %s", error)
+            return
+        digest = stored.digest
+        try:
+            config = parse_snapshot(stored)
+        except ConfigError as exc:  # written by an older operator that accepted something this one refuses
+            self.state.in_force = "none"
+            log.error("the stored last good devices config is not valid either: %s", exc)
+            return
+        self._config = config
+        self.state.digest = digest
+        self.state.chips = config.chip_keys
+        self.state.in_force = "last-good"
+        log.warning("devices config invalid at start-up; running on the last good version %s: %s", digest, error)
+
+    def _accept(self, snapshot: Snapshot, config: DevicesConfig) -> DevicesConfig | None:
+        with self._lock:
+            old, self._config = self._config, config
+        self.state.digest = snapshot.digest
+        self.state.last_error = self.state.rejected_digest = None
+        self.state.chips = config.chip_keys
+        self.state.in_force = "source"
+        if self.last_good is not None:
+            self.last_good.save(snapshot)
+        return old
+
+    @property
+    def ready(self) -> bool:
+        """A configuration is in force (from the source or the persisted last good one)."""
+        with self._lock:
+            return self._config is not None
 
     @property
     def current(self) -> DevicesConfig:
         with self._lock:
+            if self._config is None:
+                raise NoDevicesConfig(f"no valid devices config yet: {self.state.last_error}")
             return self._config
+
+    def health(self) -> dict[str, Any]:
+        """The devicesConfig section of /healthz."""
+        s = self.state
+        out: dict[str, Any] = {
+            "source": s.source,
+            "digest": s.digest,
+            "inForce": s.in_force,
+            "reloads": s.reloads,
+            "lastError": s.last_error,
+            "chips": len(s.chips),
+            "pendingReload": list(s.pending),
+        }
+        if s.in_force == "none":
+            out["reconciling"] = False
+            out["why"] = f"no valid devices.yaml seen yet, nothing is reconciled: {s.last_error}"
+        else:
+            out["reconciling"] = True
+        return out
 
     def poll(self) -> Change | ConfigError | None:
         """Read the source once: a Change when a valid new version took effect, the error when the new
@@ -191,20 +284,19 @@ class ConfigStore:
         except ConfigError as exc:
             return self._refuse(str(exc), digest=f"unreadable:{exc}")
         if snapshot.digest == self.state.digest:
-            if self.state.last_error is not None:
+            if self.state.last_error is not None or self.state.in_force != "source":
                 log.info("devices config is back to the version in force (%s)", snapshot.digest)
                 self.state.last_error = self.state.rejected_digest = None
+                self.state.in_force = "source"
             return None
         try:
             new = parse_snapshot(snapshot)
         except ConfigError as exc:
             return self._refuse(str(exc), digest=snapshot.digest)
-        with self._lock:
-            old, self._config = self._config, new
-        self.state.digest = snapshot.digest
-        self.state.last_error = self.state.rejected_digest = None
+        old = self._accept(snapshot, new)
         self.state.reloads += 1
-        self.state.chips = new.chip_keys
+        if old is None:
+            return Change(None, new, frozenset(new.chip_keys), snapshot.digest, everything=True)
         return Change(old, new, frozenset(changed_chips(old, new)), snapshot.digest)
 
     def _refuse(self, message: str, *, digest: str) -> ConfigError | None:
@@ -225,11 +317,13 @@ class ConfigWatcher:
         interval: float,
         on_change: Callable[[Change], None],
         on_error: Callable[[ConfigError], None],
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.interval = interval
         self.on_change = on_change
         self.on_error = on_error
+        self.on_idle = on_idle  # called on polls without news: retries a reload that did not reach everything
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="devices-config-watcher", daemon=True)
 
@@ -248,5 +342,7 @@ class ConfigWatcher:
                     self.on_change(result)
                 elif isinstance(result, ConfigError):
                     self.on_error(result)
+                elif self.on_idle is not None:
+                    self.on_idle()
             except Exception:  # the watcher must survive anything; the next poll retries
                 log.exception("devices config watcher: unexpected error")

@@ -5,7 +5,11 @@
 - Deployment, Service and Pod events (server-side filtered to ``app.kubernetes.io/managed-by=xw-operator``)
   -> recompute the owning instance's status; a Deployment or Service deleted or whose spec someone else
   changed -> reconcile the instance, which puts it back.
+- Node events (readiness, allocatable devices changed) -> refresh the status of instances with pods there.
 - A probe reporting the devices.yaml state on the liveness endpoint.
+- Errors: bad input and permanent API refusals -> ``kopf.PermanentError`` (status Failed already says
+  why); transient errors -> ``kopf.TemporaryError`` with exponential backoff (failures.py); nothing else
+  escapes a handler.
 
 Handlers are synchronous: kopf runs them in its thread pool, where the blocking HTTP client belongs.
 No ``on.delete`` handler exists, so kopf adds no finalizer: owner references let the garbage collector
@@ -23,14 +27,12 @@ import kopf
 
 from xw_operator.instance import GROUP, PLURAL, VERSION
 from xw_operator.k8s.child_events import ChildEvents
-from xw_operator.k8s.client import ApiError
 from xw_operator.k8s.config_source import ConfigStore
+from xw_operator.k8s.failures import backoff_delay, is_permanent_api_error, is_transient
 from xw_operator.k8s.reconcile import InvalidSpec, Reconciler
 from xw_operator.labels import MANAGED_BY, MANAGED_BY_KEY, MODEL_INSTANCE_KEY
 
 log = logging.getLogger(__name__)
-
-RETRY_DELAY = 5.0  # seconds before retrying after an API error (conflict, timeout, 5xx)
 
 
 def _owner(body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -40,12 +42,17 @@ def _owner(body: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def register(
-    registry: kopf.OperatorRegistry, reconciler: Reconciler, store: ConfigStore, *, multi_node: bool = False
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    store: ConfigStore,
+    *,
+    multi_node: bool = False,
+    watch_nodes: bool = True,
 ) -> None:
     """Register every handler on ``registry`` (no module-level globals: tests can build several).
 
     ``multi_node`` adds the LeaderWorkerSet watch: only then, so an operator without multi-node support
-    needs neither the LWS CRD nor RBAC on it."""
+    needs neither the LWS CRD nor RBAC on it. ``watch_nodes`` adds the node watch (accelerator health)."""
     selector: dict[str, str] = {MANAGED_BY_KEY: MANAGED_BY}
     child_events = ChildEvents()  # which child events can change status (the rest cost no API call)
 
@@ -57,22 +64,25 @@ def register(
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    def reconcile(namespace: str | None, name: str, **_: Any) -> None:
+    def reconcile(namespace: str | None, name: str, retry: int = 0, **_: Any) -> None:
         assert namespace is not None  # ModelInstance is namespaced
+        if not store.ready:
+            log.warning("%s/%s not reconciled: %s", namespace, name, store.state.last_error)
+            return  # the first valid devices.yaml re-reconciles every instance (ConfigReactions)
         try:
             reconciler.reconcile(namespace, name)
         except InvalidSpec as exc:
             # Status and an Event already say why; retrying cannot help until the spec or config changes.
             raise kopf.PermanentError(str(exc)) from None
-        except ApiError as exc:
-            raise kopf.TemporaryError(f"API error, retrying: {exc}", delay=RETRY_DELAY) from None
+        except Exception as exc:
+            raise handler_error(exc, f"{namespace}/{name}", retry) from None
 
     @kopf.on.event("apps", "v1", "deployments", labels=selector, registry=registry)
     @kopf.on.event("", "v1", "services", labels=selector, registry=registry)
     @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
     def child_changed(body: Mapping[str, Any], type: str | None = None, **_: Any) -> None:
         owner = _owner(body)
-        if owner is None or not child_events.matters(type, body):
+        if owner is None or not store.ready or not child_events.matters(type, body):
             return
         kind = body.get("kind")
         try:
@@ -92,9 +102,29 @@ def register(
                     reconciler.reconcile(*owner)
                 return
             reconciler.refresh_status(*owner)
-        except ApiError as exc:
-            # The next event of this child (or the instance) recomputes status from scratch.
-            log.warning("reconcile/status refresh of %s/%s failed: %s", *owner, exc)
+        except Exception as exc:
+            # Never raised: the next event of this child (or the instance) recomputes status from scratch.
+            if is_transient(exc):
+                log.warning("reconcile/status refresh of %s/%s failed, will retry on the next event: %s", *owner, exc)
+            else:
+                log.exception("reconcile/status refresh of %s/%s failed", *owner)
+
+    if watch_nodes:
+
+        @kopf.on.event("", "v1", "nodes", registry=registry)
+        def node_changed(body: Mapping[str, Any], name: str, type: str | None = None, **_: Any) -> None:
+            # Accelerator health: a node that went NotReady or whose allocatable devices dropped changes
+            # the status of the instances with pods on it (and may get those pods rescheduled).
+            if not store.ready or not reconciler.node_changed(name, None if type == "DELETED" else dict(body)):
+                return
+            try:
+                affected = reconciler.instances_on_node(name)
+                log.info("node %s changed (readiness or devices); refreshing %d instance(s)", name, len(affected))
+                for namespace, instance in sorted(affected):
+                    reconciler.refresh_status(namespace, instance)
+            except Exception as exc:
+                # A later pod or node event recomputes it; the node cache already holds the new state.
+                log.warning("status refresh after node %s changed failed: %s", name, exc)
 
     if multi_node:
         from xw_operator.render_lws import LWS_API_VERSION, LWS_PLURAL
@@ -104,11 +134,18 @@ def register(
 
     @kopf.on.probe(id="devicesConfig", registry=registry)
     def devices_config(**_: Any) -> dict[str, Any]:
-        s = store.state
-        return {
-            "source": s.source,
-            "digest": s.digest,
-            "reloads": s.reloads,
-            "lastError": s.last_error,
-            "chips": len(s.chips),
-        }
+        return store.health()
+
+
+def handler_error(exc: Exception, what: str, retry: int) -> kopf.TemporaryError | kopf.PermanentError:
+    """The kopf outcome of an unexpected exception: transient ones back off exponentially (capped);
+    anything else would fail again the same way, so it is logged once and not retried until the
+    instance changes."""
+    if is_transient(exc):
+        delay = backoff_delay(retry)
+        log.warning("%s: transient error (retry %d in %.0fs): %s", what, retry + 1, delay, exc)
+        return kopf.TemporaryError(f"transient error, retrying in {delay:.0f}s: {exc}", delay=delay)
+    if is_permanent_api_error(exc):
+        return kopf.PermanentError(f"the API server refused a request: {exc}")
+    log.error("%s: unexpected error; not retried until the instance changes", what, exc_info=exc)
+    return kopf.PermanentError(f"unexpected error: {type(exc).__name__}: {exc}")

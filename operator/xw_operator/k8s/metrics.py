@@ -102,7 +102,7 @@ class _ConfigCollector(Collector):
         info = GaugeMetricFamily(
             f"{PREFIX}_devices_config_info", "The devices.yaml version in force.", labels=["digest"]
         )
-        info.add_metric([state.digest], 1.0)
+        info.add_metric([state.digest or "none"], 1.0)  # none: no valid version seen yet
         yield info
 
 

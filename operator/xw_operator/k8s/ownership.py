@@ -9,7 +9,9 @@ naming the existing object, and not a single write to it.
 
 One exception keeps recreation working: a child whose controller is a ModelInstance *of the same name*
 that no longer exists (the instance was deleted and created again before the garbage collector ran)
-carries our managed-by label and is adopted -- it was ours, and the old owner is gone.
+carries our managed-by label and is adopted -- it was ours, and the old owner is gone. Likewise a child
+whose ownerReference someone removed by hand, which still carries our labels for this instance and
+xw-operator's server-side-apply record in managedFields: the reconcile puts the reference back.
 
 Revocation: when an instance fails a rule that grants host access (policy, an unknown chip profile,
 an engine block that is gone), :func:`withdraw_workload` scales its Deployment to 0 -- only if this
@@ -27,7 +29,7 @@ from typing import Any
 from xw_operator.errors import XwError
 from xw_operator.instance import API_VERSION, KIND
 from xw_operator.k8s.client import KubeApi, object_path
-from xw_operator.labels import MANAGED_BY, MANAGED_BY_KEY
+from xw_operator.labels import MANAGED_BY, MANAGED_BY_KEY, MODEL_INSTANCE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def controls(live: Obj | None, instance_meta: Obj) -> bool:
         return True
     ref = controller_of(live)
     if ref is None:
-        return False
+        return _orphaned_by_hand(live, instance_meta)
     if instance_meta.get("uid") and ref.get("uid") == instance_meta.get("uid"):
         return True
     labels = live.get("metadata", {}).get("labels") or {}
@@ -74,6 +76,21 @@ def controls(live: Obj | None, instance_meta: Obj) -> bool:
         and ref.get("kind") == KIND
         and ref.get("name") == instance_meta.get("name")
         and labels.get(MANAGED_BY_KEY) == MANAGED_BY
+    )
+
+
+def _orphaned_by_hand(live: Obj, instance_meta: Obj) -> bool:
+    """Ours with the ownerReference removed by someone (issue 11: it is put back, not abandoned): our
+    labels for this instance and a server-side-apply record of xw-operator on the object."""
+    meta = live.get("metadata", {})
+    labels = meta.get("labels") or {}
+    applied = any(
+        e.get("manager") == "xw-operator" and e.get("operation") == "Apply" for e in meta.get("managedFields") or []
+    )
+    return bool(
+        applied
+        and labels.get(MANAGED_BY_KEY) == MANAGED_BY
+        and labels.get(MODEL_INSTANCE_KEY) == instance_meta.get("name")
     )
 
 

@@ -5,8 +5,15 @@ A child whose annotation equals the hash of the current rendering (and that stil
 its controller) is left alone: no dry-run, no apply. Anything else -- a missing child, a spec or
 devices.yaml change, a recreated instance (new uid in the owner reference) -- is server-side applied as
 field manager ``xw-operator``, which also removes fields a previous rendering set and this one doesn't.
-Trade-off, documented in docs/operator.md: a manual edit of a field we own is reverted on the next
-change of the instance or of its chip profile, not instantly.
+What runs is exactly what we rendered (drift.py): a child whose managedFields show another manager
+owning spec fields, our labels or the ownerReference, or that lost our labels or ownerReference, is put
+back at once -- by SSA when something of ours is missing, by a PUT of the rendering when someone *added*
+fields (SSA can never take those away). Child watch events trigger the check.
+
+Error classes (failures.py): a write the API server refuses for good (4xx other than 408/409/429) turns the
+instance Failed with reason ``ApiRejected`` and the server's message, remembered per (uid, generation,
+devices.yaml digest) so nothing is sent again until one of them changes; a crash while rendering is
+``Failed`` with reason ``RenderError``. Transient errors propagate to the caller, which backs off.
 
 Status is written the same way: computed from scratch, compared with what is stored (after the CRD
 model's normalisation), and patched only when it differs.
@@ -26,8 +33,11 @@ from typing import Any
 from xw_operator.devices import DevicesConfig
 from xw_operator.errors import XwError
 from xw_operator.instance import GROUP, PLURAL, VERSION, ModelInstance, ModelInstanceStatus, parse_instance
-from xw_operator.k8s.client import KubeApi, object_path, path_of
-from xw_operator.k8s.events import now_rfc3339, post_event, transition_event
+from xw_operator.k8s.client import FIELD_MANAGER, ApiError, KubeApi, object_path, path_of
+from xw_operator.k8s.drift import foreign_fields, missing_metadata, replacement
+from xw_operator.k8s.events import EventSpec, now_rfc3339, post_event, transition_event
+from xw_operator.k8s.failures import is_permanent_api_error, rejection_message
+from xw_operator.k8s.node_health import DeviceFault, device_faults, health_fingerprint
 from xw_operator.k8s.ownership import (
     NameConflict,
     ensure_controlled,
@@ -37,7 +47,7 @@ from xw_operator.k8s.ownership import (
 )
 from xw_operator.k8s.status import Failure, Observed, compute_status, status_differs, status_patch
 from xw_operator.k8s.status_groups import observe_groups
-from xw_operator.labels import MODEL_INSTANCE_KEY, is_bookkeeping_annotation
+from xw_operator.labels import MANAGED_BY, MANAGED_BY_KEY, MODEL_INSTANCE_KEY, is_bookkeeping_annotation
 from xw_operator.plan import Plan, resolve
 from xw_operator.render_kubernetes import endpoint
 from xw_operator.render_lws import render_workload
@@ -57,6 +67,20 @@ class InvalidSpec(XwError):
     def __init__(self, failure: Failure) -> None:
         super().__init__(failure.message)
         self.failure = failure
+
+
+API_REJECTED = "ApiRejected"  # status reason: the API server refused a child for good (e.g. 422 Invalid)
+RENDER_ERROR = "RenderError"  # status reason: resolve/render crashed on this input (a bug; never retried)
+
+
+class ChildRejected(Exception):
+    """The API server refused a write of one child with a permanent (4xx) error."""
+
+    def __init__(self, child: Mapping[str, Any], error: ApiError) -> None:
+        meta = child.get("metadata", {})
+        self.failure = Failure(API_REJECTED, rejection_message(str(child.get("kind")), str(meta.get("name")), error))
+        super().__init__(self.failure.message)
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -131,9 +155,30 @@ def desired_state(body: Mapping[str, Any], config: DevicesConfig, *, multi_node:
             )
         plan = resolve(instance, config).bind(None)  # the device plugin (or the node) picks the chips
         children = tuple(stamp(obj) for obj in render_workload(instance, plan))
+        preflight(instance, children, where)
     except XwError as exc:
         raise InvalidSpec(classify_failure(exc)) from None
+    except Exception as exc:  # a crash on some input: Failed with the cause, never a retry loop
+        log.exception("rendering %s crashed", where)
+        failure = Failure(RENDER_ERROR, f"{where} could not be rendered: {type(exc).__name__}: {exc}"[:1000])
+        raise InvalidSpec(failure) from None
     return Desired(instance, plan, children)
+
+
+def preflight(instance: ModelInstance, children: tuple[Obj, ...], where: str) -> None:
+    """What the API server accepts in a Deployment but refuses in every Pod created from it: an image
+    with leading or trailing whitespace. Caught here, the instance is Failed at once instead of a
+    Deployment whose ReplicaSet fails to create pods forever."""
+    for child in children:
+        template = (child.get("spec") or {}).get("template") or {}
+        for container in (template.get("spec") or {}).get("containers") or []:
+            image = str(container.get("image") or "")
+            if image != image.strip():
+                origin = "spec.engine.image" if instance.spec.engine.image else "the image devices.yaml configures"
+                raise XwError(
+                    f"{where}: {origin} {image!r} has leading or trailing whitespace, which the API server "
+                    "refuses in a Pod; remove it"
+                )
 
 
 def is_current(desired: Mapping[str, Any], live: Mapping[str, Any] | None, known_generation: int | None = None) -> bool:
@@ -193,12 +238,15 @@ def instance_path(namespace: str, name: str, *, status: bool = False) -> str:
 
 
 def apply_children(api: KubeApi, desired: Desired, generations: dict[ChildKey, int] | None = None) -> list[str]:
-    """Server-side apply each child that is not current; returns ``Kind/name`` of those applied.
+    """Make each child exactly its rendering; returns ``Kind/name`` of those written.
 
     ``generations`` remembers the generation each of our applies produced. A later spec change by
     someone else (``kubectl edit``, ``kubectl set image``) bumps the generation past it, so the child
-    no longer counts as current and is applied again: drift is corrected. A child first seen as
-    current (e.g. after an operator restart) sets the baseline without a write.
+    no longer counts as current and is applied again. A child first seen as current (e.g. after an
+    operator restart) sets the baseline without a write. Fields someone else added or owns are found in
+    managedFields (drift.py) and removed by :func:`restore_child`.
+
+    Raises :class:`ChildRejected` when the API server refuses a write for good (4xx other than 408/409/429).
     """
     generations = generations if generations is not None else {}
     keys = [child_key(c) for c in desired.children]
@@ -207,16 +255,73 @@ def apply_children(api: KubeApi, desired: Desired, generations: dict[ChildKey, i
     ensure_controlled(desired.children, lives, keys, desired.instance.metadata.model_dump())
     applied = []
     for child, key in zip(desired.children, keys, strict=True):
-        live = lives[key]
-        if is_current(child, live, generations.get(key)):
-            if (gen := generation_of(live)) is not None:
-                generations[key] = gen
+        try:
+            result = converge_child(api, child, lives[key], generations.get(key))
+        except ApiError as exc:
+            if is_permanent_api_error(exc):
+                raise ChildRejected(child, exc) from None
+            raise
+        if result is None:
             continue
-        result = api.apply(child)
-        if (gen := generation_of(result)) is not None:
+        if (gen := generation_of(result[0])) is not None:
             generations[key] = gen
-        applied.append(f"{child['kind']}/{child['metadata']['name']}")
+        if result[1]:
+            applied.append(f"{child['kind']}/{child['metadata']['name']}")
     return applied
+
+
+def converge_child(api: KubeApi, child: Obj, live: Obj | None, known_generation: int | None) -> tuple[Obj, bool] | None:
+    """One child: nothing (``(live, False)``), SSA, or restore; returns the object now stored and
+    whether it was written. (A separate step so an ownership check can run before any write.)"""
+    if live is not None and not live.get("metadata", {}).get("deletionTimestamp"):
+        foreign = foreign_fields(live, list((child["metadata"].get("labels") or {}).keys()))
+        if foreign:
+            log.warning(
+                "%s %s/%s: fields set by another client (%s); putting the rendering back",
+                child["kind"],
+                child["metadata"].get("namespace"),
+                child["metadata"]["name"],
+                "; ".join(foreign[:5]),
+            )
+            return restore_child(api, child, live), True
+        if is_current(child, live, known_generation) and not missing_metadata(child, live):
+            return live, False
+    return api.apply(child), True
+
+
+def restore_child(api: KubeApi, desired: Obj, live: Obj) -> Obj:
+    """Make ``live`` exactly ``desired`` when other clients added fields that SSA cannot take back.
+
+    1. a PUT of the rendering (with the live resourceVersion: a concurrent change makes it fail with 409
+       and the next event retries) whose managedFields keep only our own and the ``status`` entries:
+       every field others added is removed and no foreign manager is left;
+    2. a server-side apply of the same rendering (no value changes) records our apply entry for exactly
+       its fields -- later applies own, and may remove, every field of the rendering;
+    3. managedFields without the PUT's own ``Update`` entry, which would otherwise keep co-owning fields
+       that a later rendering drops.
+    (managedFields are never emptied: an apply to an object without them makes a ``before-first-apply``
+    manager own everything. A dry-run apply cannot replace step 2: merged with the foreign fields, the
+    object may be invalid, e.g. two Service ports named ``http``.)
+    """
+    api.replace(replacement(desired, live))
+    stored = api.apply(desired)
+    for _ in range(3):
+        entries = stored.get("metadata", {}).get("managedFields") or []
+        kept = [e for e in entries if not (e.get("manager") == FIELD_MANAGER and e.get("operation") == "Update")]
+        if len(kept) == len(entries):
+            return stored
+        patch = {"metadata": {"resourceVersion": stored["metadata"]["resourceVersion"], "managedFields": kept}}
+        try:
+            return api.merge_patch(_path(desired), patch)
+        except ApiError as exc:
+            # 409: the Deployment controller wrote in between (status, revision annotation): look again.
+            if exc.status != 409:
+                raise
+            fresh = api.get(_path(desired))
+            if fresh is None:
+                raise
+            stored = fresh
+    return stored
 
 
 def _path(obj: Mapping[str, Any]) -> str:
@@ -233,20 +338,50 @@ class Reconciler:
         self.locks = InstanceLocks()
         # Generation of each child after our last apply (or first sight); see apply_children.
         self.generations: dict[ChildKey, int] = {}
+        # Permanent API refusals: (namespace, name) -> ((uid, generation, config version), failure).
+        self.rejections: dict[tuple[str, str], tuple[tuple[Any, ...], Failure]] = {}
+        # Nodes as last seen by the node watch (None: deleted); see node_health.
+        self.nodes: dict[str, Obj | None] = {}
+        self.evict_on_device_loss = True
+        self.namespaces: list[str] | None = None  # None: all namespaces (used to find pods on a node)
 
     @property
     def config(self) -> DevicesConfig:
         config: DevicesConfig = self.config_source.current
         return config
 
+    def _attempt_key(self, body: Mapping[str, Any]) -> tuple[Any, ...]:
+        """What a permanent refusal depends on: the instance (uid, generation) and the devices.yaml version."""
+        meta = body.get("metadata", {})
+        state = getattr(self.config_source, "state", None)
+        version = getattr(state, "digest", None) or id(self.config)
+        return meta.get("uid"), meta.get("generation"), version
+
+    def _remembered_rejection(self, body: Mapping[str, Any]) -> Failure | None:
+        meta = body.get("metadata", {})
+        memo = self.rejections.get((meta.get("namespace"), meta.get("name")))
+        return memo[1] if memo is not None and memo[0] == self._attempt_key(body) else None
+
     def reconcile(self, namespace: str, name: str) -> list[str]:
-        """Make the children match the instance, then refresh status. Raises InvalidSpec for bad input."""
+        """Make the children match the instance, then refresh status. Raises InvalidSpec for bad input
+        and for a permanent API refusal (status Failed either way); transient errors propagate."""
         with self.locks.hold(namespace, name):
             body = self.api.get(instance_path(namespace, name))
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return []
             try:
                 desired = desired_state(body, self.config, multi_node=self.multi_node)
+                if (failure := self._remembered_rejection(body)) is not None:
+                    raise InvalidSpec(failure)  # same spec, same config: the same refusal; send nothing
+                try:
+                    applied = apply_children(self.api, desired, self.generations)
+                except ChildRejected as exc:
+                    log.warning("ModelInstance %s/%s: %s", namespace, name, exc)
+                    self.rejections[(namespace, name)] = (self._attempt_key(body), exc.failure)
+                    raise InvalidSpec(exc.failure) from None
+                except NameConflict as exc:
+                    # The transition Event (Warning, reason NameConflict) names the existing object.
+                    raise InvalidSpec(classify_failure(exc)) from None
             except InvalidSpec as exc:
                 withdrawn = withdraw_workload(  # revocation
                     self.api, body, exc.failure.reason, SPEC_HASH_ANNOTATION, multi_node=self.multi_node
@@ -255,13 +390,7 @@ class Reconciler:
                     self.generations[child_key(withdrawn)] = gen  # our own write: not drift
                 self._write_status(body, self._observe(body, None, exc.failure))
                 raise
-            try:
-                applied = apply_children(self.api, desired, self.generations)
-            except NameConflict as exc:
-                failure = classify_failure(exc)
-                # The transition Event (Warning, reason NameConflict) names the existing object.
-                self._write_status(body, self._observe(body, None, failure))
-                raise InvalidSpec(failure) from None
+            self.rejections.pop((namespace, name), None)
             if applied:
                 log.info("ModelInstance %s/%s: applied %s", namespace, name, ", ".join(applied))
             self._write_status(body, self._observe(body, desired, None))
@@ -272,10 +401,16 @@ class Reconciler:
         self.generations.pop(child_key(child), None)
 
     def drifted(self, child: Mapping[str, Any]) -> bool:
-        """A child's spec changed since our last apply: someone else edited it."""
+        """Cheap check on a watch event: the child's spec changed since our last apply (generation),
+        another manager owns spec/labels/ownerReferences, or our controller reference is gone. The
+        reconcile that follows compares the live object with the rendering exactly (no write if clean)."""
         known = self.generations.get(child_key(child))
         live = generation_of(child)
-        return known is not None and live is not None and live != known
+        if known is not None and live is not None and live != known:
+            return True
+        meta = child.get("metadata", {})
+        owned = any(o.get("controller") and o.get("kind") == "ModelInstance" for o in meta.get("ownerReferences") or [])
+        return not owned or bool(foreign_fields(child, list((meta.get("labels") or {}).keys())))
 
     def refresh_status(self, namespace: str, name: str) -> None:
         """Recompute status from the live children (a Deployment or Pod changed)."""
@@ -285,10 +420,10 @@ class Reconciler:
                 return
             try:
                 desired: Desired | None = desired_state(body, self.config, multi_node=self.multi_node)
-                failure = None
+                failure = self._remembered_rejection(body)
             except InvalidSpec as exc:
                 desired, failure = None, exc.failure
-            self._write_status(body, self._observe(body, desired, failure))
+            self._write_status(body, self._observe(body, None if failure else desired, failure))
 
     def _observe(self, body: Obj, desired: Desired | None, failure: Failure | None) -> Observed:
         meta = body["metadata"]
@@ -308,7 +443,11 @@ class Reconciler:
             )
         want = desired.deployment
         dep = self.api.get(_path(want))
-        pods = self.api.list(object_path("v1", "pods", namespace), label_selector=f"{MODEL_INSTANCE_KEY}={name}")
+        # All xw pods of the namespace in one call: this instance's, and the others sharing its nodes.
+        ours = self.api.list(object_path("v1", "pods", namespace), label_selector=f"{MANAGED_BY_KEY}={MANAGED_BY}")
+        pods = [p for p in ours if (p.get("metadata", {}).get("labels") or {}).get(MODEL_INSTANCE_KEY) == name]
+        faults = self._device_faults(pods, ours)
+        self._evict(body, faults)
         groups = observe_groups(desired.plan, want, dep, desired.instance.spec.replicas, pods)
         return Observed(
             generation=generation,
@@ -322,7 +461,71 @@ class Reconciler:
             complete=groups.complete if groups else None,
             problems=groups.problems if groups else None,
             ready_replicas=groups.ready if groups else None,
+            extra_problems=tuple(f.problem for f in faults),
         )
+
+    # ------------------------------------------------------------------------------ accelerator health
+
+    def _device_faults(self, pods: list[Obj], ours: list[Obj]) -> list[DeviceFault]:
+        nodes = {str(p["spec"]["nodeName"]) for p in pods if (p.get("spec") or {}).get("nodeName")}
+        known = {n: self.nodes[n] for n in nodes if n in self.nodes}
+        if not known:
+            return []
+        node_pods: dict[str, list[Obj]] = {}
+        for pod in ours:
+            node_pods.setdefault(str((pod.get("spec") or {}).get("nodeName")), []).append(pod)
+        return device_faults(pods, node_pods, known)
+
+    def _evict(self, body: Obj, faults: list[DeviceFault]) -> None:
+        """Delete pods that lost their devices so their Deployment reschedules them (unless disabled)."""
+        if not self.evict_on_device_loss:
+            return
+        for fault in faults:
+            for pod in fault.pods:
+                meta = pod["metadata"]
+                log.warning(
+                    "deleting pod %s/%s for rescheduling: %s", meta["namespace"], meta["name"], fault.problem.message
+                )
+                try:
+                    self.api.delete(object_path("v1", "pods", meta["namespace"], meta["name"]), uid=meta.get("uid"))
+                except ApiError as exc:
+                    if exc.status not in (404, 409):
+                        raise
+                    continue
+                post_event(
+                    self.api,
+                    body,
+                    EventSpec("Warning", "PodRescheduled", f"deleted pod {meta['name']}: {fault.problem.message}"),
+                )
+
+    def node_changed(self, name: str, node: Obj | None) -> bool:
+        """Record a node from the watch; True when its readiness or extended allocatable changed (a node
+        seen for the first time counts only when it is unhealthy: start-up stays quiet)."""
+        before = self.nodes.get(name, "unseen")
+        self.nodes[name] = node
+        if node is None:
+            return before != "unseen" and before is not None
+        now = health_fingerprint(node)
+        if before == "unseen":
+            return not now[0]
+        return before is None or health_fingerprint(before) != now  # type: ignore[arg-type]
+
+    def instances_on_node(self, node: str) -> set[tuple[str, str]]:
+        """(namespace, name) of every instance with a pod on ``node``."""
+        selector = f"{MANAGED_BY_KEY}={MANAGED_BY}"
+        paths = (
+            [object_path("v1", "pods", None)]
+            if self.namespaces is None
+            else [object_path("v1", "pods", ns) for ns in self.namespaces]
+        )
+        out = set()
+        for path in paths:
+            for pod in self.api.list(path, label_selector=selector, field_selector=f"spec.nodeName={node}"):
+                meta = pod.get("metadata", {})
+                inst = (meta.get("labels") or {}).get(MODEL_INSTANCE_KEY)
+                if inst:
+                    out.add((str(meta.get("namespace")), str(inst)))
+        return out
 
     def _write_status(self, body: Obj, observed: Observed) -> None:
         current = normalise_status(body.get("status"))

@@ -80,6 +80,8 @@ class Observed:
     complete: bool | None = None
     problems: Sequence[Problem] | None = None
     ready_replicas: int | None = None
+    # Problems found outside the Deployment and its Pods (node_health: devices withdrawn, node NotReady).
+    extra_problems: Sequence[Problem] = field(default_factory=tuple)
 
 
 def _get(obj: Obj | None, *path: str, default: Any = None) -> Any:
@@ -193,6 +195,7 @@ def compute_status(obs: Observed, *, now: str) -> dict[str, Any]:
     else:
         observed_generation = obs.generation
         problems = list(obs.problems) if obs.problems is not None else deployment_problems(dep) + pod_problems(obs.pods)
+        problems = problems[:1] + list(obs.extra_problems) + problems[1:] if problems else list(obs.extra_problems)
         complete = obs.complete if obs.complete is not None else rollout_complete(dep, desired)
         problem = _summarise(problems) if problems else None
         degraded = (
@@ -200,7 +203,7 @@ def compute_status(obs: Observed, *, now: str) -> dict[str, Any]:
             if problem
             else _cond(COND_DEGRADED, False, "AsExpected", "no problems observed")
         )
-        if complete:
+        if complete and not obs.extra_problems:
             phase = READY
             if desired == 0:
                 ready = _cond(COND_READY, True, "ScaledToZero", "scaled to zero replicas (spec.replicas is 0)")
