@@ -12,7 +12,9 @@ Where definitions come from, first match wins (the same **config > code > error*
 1. ``engines:`` at the top level of devices.yaml (an administrator's own definitions);
 2. the shipped definitions (``data/engines.yaml``: ``vllm`` with an explicit ``vllm serve``,
    ``vllm-xw`` for xw-cli's env-driven vLLM images, ``mindie``, ``omni-infer``, ``mlguider``);
-3. engines registered in code with :func:`register_engine` (logic a template cannot express);
+3. code engines (logic a template cannot express): installed packages advertise them in the entry-point
+   group ``xw_operator.engines`` (see :func:`load_code_engines`), or a program embedding xw registers
+   one with :func:`register_engine`;
 4. otherwise a :class:`~xw_operator.errors.ResolveError` naming the engine and the known ones.
 
 Several definitions may serve one engine name: those with ``images`` patterns are chosen when the
@@ -36,6 +38,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from xw_operator.errors import ConfigError, ResolveError
 from xw_operator.inputs import load_yaml
+from xw_operator.plugins import load_plugins
 from xw_operator.validation import describe
 
 MODEL_MOUNT_PATH = "/mnt/model"  # where hostPath/pvc weights appear inside the container (seed path)
@@ -258,13 +261,46 @@ class EngineCommand:
 
 
 EngineBuilder = Callable[[EngineContext], EngineCommand]
+ENGINE_ENTRY_POINT_GROUP = "xw_operator.engines"
 _CODE_ENGINES: dict[str, EngineBuilder] = {}
 
 
+@dataclass(frozen=True)
+class CodeEngine:
+    """An engine whose launch needs logic a template cannot express, shipped as Python code.
+
+    A vendor package advertises it without touching ours, in its pyproject.toml::
+
+        [project.entry-points."xw_operator.engines"]
+        acme-serve = "acme_xw.engine:make_engine"   # returns CodeEngine("acme-serve", build)
+    """
+
+    name: str
+    build: EngineBuilder
+
+
+def load_code_engines(group: str = ENGINE_ENTRY_POINT_GROUP) -> dict[str, EngineBuilder]:
+    """Every code engine the installed distributions advertise under ``group`` (a broken one is a
+    ConfigError naming it, like a broken code sandbox)."""
+    return {engine.name: engine.build for engine in load_plugins(group, CodeEngine, "code engine")}
+
+
+@cache
+def installed_code_engines() -> dict[str, EngineBuilder]:
+    """The installed code engines, loaded once per process on first need (only when no definition serves
+    an engine: configured and shipped definitions never load them)."""
+    return load_code_engines()
+
+
 def register_engine(name: str, builder: EngineBuilder) -> EngineBuilder:
-    """A code engine for logic templates cannot express; any configured definition still wins."""
+    """A code engine registered by a program that embeds xw; any configured definition still wins, and
+    it wins over an installed one of the same name."""
     _CODE_ENGINES[name] = builder
     return builder
+
+
+def _code_engine(engine: str) -> EngineBuilder | None:
+    return _CODE_ENGINES.get(engine) or installed_code_engines().get(engine)
 
 
 # --------------------------------------------------------------------------------------- flag helpers
@@ -418,7 +454,7 @@ def definitions_for(
 
 def known_engines(configured: Mapping[str, EngineDefinition] | None = None) -> list[str]:
     names = {d.engine or k for k, d in {**shipped_engines(), **(configured or {})}.items()}
-    return sorted(names | set(_CODE_ENGINES))
+    return sorted(names | set(_CODE_ENGINES) | set(installed_code_engines()))
 
 
 def select_definition(
@@ -439,7 +475,7 @@ def build_command(
     chosen = select_definition(engine, ctx.image, configured)
     if chosen is not None:
         return build_from_definition(chosen[0], chosen[1], ctx)
-    coded = _CODE_ENGINES.get(engine)
+    coded = _code_engine(engine)
     if coded is not None:
         return coded(ctx)
     raise ResolveError(

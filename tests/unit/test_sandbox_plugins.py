@@ -1,10 +1,12 @@
-"""Code sandboxes come from the ``xw_operator.sandboxes`` entry-point group: ours and other packages'."""
+"""Code sandboxes and code engines come from entry-point groups (``xw_operator.sandboxes``,
+``xw_operator.engines``): ours and other packages'."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,18 +14,26 @@ import pytest
 from builders import instance
 from xw_operator.code_sandboxes import CambriconMluSandbox
 from xw_operator.devices import DevicesConfig
+from xw_operator.engines import (
+    ENGINE_ENTRY_POINT_GROUP,
+    EngineContext,
+    build_command,
+    installed_code_engines,
+    known_engines,
+    load_code_engines,
+)
 from xw_operator.errors import ConfigError
 from xw_operator.plan import resolve
 from xw_operator.sandbox import ENTRY_POINT_GROUP, load_registry, select_sandbox
 
 
-def install_dist(root: Path, name: str, module: str, source: str, entry: str) -> None:
+def install_dist(root: Path, name: str, module: str, source: str, entry: str, group: str = ENTRY_POINT_GROUP) -> None:
     """A minimal installed distribution (a module plus its .dist-info) that importlib.metadata finds."""
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{name.replace('-', '_')}-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{entry}\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
 
 
 ACME = """
@@ -82,3 +92,49 @@ def test_sandbox_module_does_not_import_the_shipped_sandboxes() -> None:
     code = "import sys, xw_operator.sandbox; print('xw_operator.code_sandboxes' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+ACME_ENGINE = """
+    from xw_operator.engines import CodeEngine, EngineCommand
+
+
+    def make_engine():
+        return CodeEngine("acme-serve", lambda c: EngineCommand(("acme-serve",), ("--tp", str(c.device_count))))
+"""
+
+
+@pytest.fixture
+def fresh_code_engines() -> Iterator[None]:
+    installed_code_engines.cache_clear()
+    yield
+    installed_code_engines.cache_clear()
+
+
+def test_code_engine_from_another_distribution_is_found_and_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_code_engines: None
+) -> None:
+    install_dist(
+        tmp_path,
+        "acme-engine",
+        "acme_xw_engine",
+        ACME_ENGINE,
+        "acme = acme_xw_engine:make_engine",
+        ENGINE_ENTRY_POINT_GROUP,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert set(load_code_engines()) == {"acme-serve"}
+    assert "acme-serve" in known_engines()
+    cmd = build_command("acme-serve", EngineContext("q", "/mnt/model", None, 4, ()))
+    assert (cmd.command, cmd.args) == (("acme-serve",), ("--tp", "4"))
+
+
+def test_broken_code_engine_is_a_config_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_code_engines: None
+) -> None:
+    monkeypatch.delitem(sys.modules, "acme_bad_engine", raising=False)
+    install_dist(
+        tmp_path, "acme-bad", "acme_bad_engine", "X = 1\n", "bad = acme_bad_engine:X", ENGINE_ENTRY_POINT_GROUP
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"code engine entry point bad = acme_bad_engine:X .*failed to load"):
+        load_code_engines()
