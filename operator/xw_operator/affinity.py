@@ -22,6 +22,11 @@ _KEY = Field(min_length=1, max_length=316, description="Label key (or field name
 _MAX_ITEMS = 64
 
 
+def _optional_list(description: str) -> Any:
+    """An optional list field of core/v1 (omitted: null), capped so CEL cost and CRD size stay bounded."""
+    return Field(None, max_length=_MAX_ITEMS, description=description)
+
+
 class _K8sModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -47,10 +52,8 @@ class NodeSelectorRequirement(_K8sModel):
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(
         description="In, NotIn, Exists, DoesNotExist, Gt or Lt."
     )
-    values: list[str] | None = Field(
-        None,
-        max_length=_MAX_ITEMS,
-        description="Values: one or more for In/NotIn, none for Exists, one integer for Gt/Lt.",
+    values: list[str] | None = _optional_list(
+        "Values: one or more for In/NotIn, none for Exists, one integer for Gt/Lt."
     )
 
     @model_validator(mode="after")
@@ -62,12 +65,8 @@ class NodeSelectorRequirement(_K8sModel):
 class NodeSelectorTerm(_K8sModel):
     """Requirements that must all hold (an empty term matches no node)."""
 
-    match_expressions: list[NodeSelectorRequirement] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Requirements on node labels."
-    )
-    match_fields: list[NodeSelectorRequirement] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Requirements on node fields (metadata.name)."
-    )
+    match_expressions: list[NodeSelectorRequirement] | None = _optional_list("Requirements on node labels.")
+    match_fields: list[NodeSelectorRequirement] | None = _optional_list("Requirements on node fields (metadata.name).")
 
 
 class NodeSelector(_K8sModel):
@@ -91,8 +90,8 @@ class NodeAffinity(_K8sModel):
     required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
         None, description="Nodes the pods must run on."
     )
-    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Nodes the scheduler prefers."
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = _optional_list(
+        "Nodes the scheduler prefers."
     )
 
 
@@ -101,9 +100,7 @@ class LabelSelectorRequirement(_K8sModel):
 
     key: str = _KEY
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="In, NotIn, Exists or DoesNotExist.")
-    values: list[str] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Values: one or more for In/NotIn, none for Exists/DoesNotExist."
-    )
+    values: list[str] | None = _optional_list("Values: one or more for In/NotIn, none for Exists/DoesNotExist.")
 
     @model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
@@ -115,9 +112,7 @@ class LabelSelector(_K8sModel):
     """Selects pods by label (all given conditions must hold)."""
 
     match_labels: dict[str, str] | None = Field(None, description="Labels that must all match.")
-    match_expressions: list[LabelSelectorRequirement] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Requirements that must all hold."
-    )
+    match_expressions: list[LabelSelectorRequirement] | None = _optional_list("Requirements that must all hold.")
 
 
 class PodAffinityTerm(_K8sModel):
@@ -125,16 +120,12 @@ class PodAffinityTerm(_K8sModel):
 
     label_selector: LabelSelector | None = Field(None, description="Pods this term is about.")
     namespace_selector: LabelSelector | None = Field(None, description="Namespaces of those pods (by label).")
-    namespaces: list[str] | None = Field(None, max_length=_MAX_ITEMS, description="Namespaces of those pods.")
+    namespaces: list[str] | None = _optional_list("Namespaces of those pods.")
     topology_key: str = Field(
         min_length=1, max_length=316, description="Node label defining 'co-located', e.g. kubernetes.io/hostname."
     )
-    match_label_keys: list[str] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Pod label keys whose values are added to labelSelector."
-    )
-    mismatch_label_keys: list[str] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Pod label keys whose values must differ."
-    )
+    match_label_keys: list[str] | None = _optional_list("Pod label keys whose values are added to labelSelector.")
+    mismatch_label_keys: list[str] | None = _optional_list("Pod label keys whose values must differ.")
 
 
 class WeightedPodAffinityTerm(_K8sModel):
@@ -147,11 +138,11 @@ class WeightedPodAffinityTerm(_K8sModel):
 class PodAffinity(_K8sModel):
     """Co-location (podAffinity) or separation (podAntiAffinity) rules."""
 
-    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Terms that must hold."
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] | None = _optional_list(
+        "Terms that must hold."
     )
-    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] | None = Field(
-        None, max_length=_MAX_ITEMS, description="Terms the scheduler prefers."
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] | None = _optional_list(
+        "Terms the scheduler prefers."
     )
 
 

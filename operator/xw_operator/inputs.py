@@ -23,7 +23,7 @@ server, which accepts 10,000 levels), so the file path and the cluster path refu
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -46,8 +46,9 @@ def _short(value: object) -> str:
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
-def path_text(path: tuple[int | str, ...]) -> str:
-    """``spec.affinity.nodeAffinity[0]`` from a tuple of keys and indices (same form as pydantic errors)."""
+def path_text(path: Sequence[int | str]) -> str:
+    """``spec.affinity.nodeAffinity[0]`` from keys and indices: the one path form of every bad-input message,
+    for the structural checks here and for pydantic error locations (validation.describe)."""
     out = ""
     for part in path:
         if isinstance(part, int):

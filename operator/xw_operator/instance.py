@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -24,7 +24,7 @@ from xw_operator.affinity import Affinity
 from xw_operator.errors import ManifestError
 from xw_operator.inputs import check_tree, decode, load_yaml_documents
 from xw_operator.policy import CONTROL_PLANE_PREFIX, MSG_CONTROL_PLANE, MSG_TOLERATE_ALL
-from xw_operator.validation import describe
+from xw_operator.validation import validate_mapping
 
 GROUP = "xw.dev"
 VERSION = "v1alpha1"
@@ -674,12 +674,8 @@ def parse_instance(doc: Any, source: str = "manifest") -> ModelInstance:
     name = _name_of(doc)
     where = f"{source}: ModelInstance {name}" if name else source
     check_tree(doc, where, ManifestError)
-    if not isinstance(doc, dict):
-        raise ManifestError(f"{where}: expected a mapping (apiVersion, kind, metadata, spec), got {type(doc).__name__}")
-    try:
-        return ModelInstance.model_validate(doc)
-    except ValidationError as exc:
-        raise ManifestError(f"{where}: {describe(exc)}") from None
+    expected = f"expected a mapping (apiVersion, kind, metadata, spec), got {type(doc).__name__}"
+    return validate_mapping(doc, where, ModelInstance, ManifestError, expected)
 
 
 def parse_instances(text: str, source: str = "manifest") -> list[ModelInstance]:

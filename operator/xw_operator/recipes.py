@@ -82,6 +82,15 @@ class CatalogModel(_Strict):
         )
 
 
+def _refuse_twice(items: str, key: str, values: list[str]) -> None:
+    """A catalog id or template name defined twice is an admin's mistake, named at its second place."""
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise ValueError(f"{items}[{i}].{key}: {value!r} is defined twice")
+        seen.add(value)
+
+
 class ModelsFile(_Strict):
     version: Text
     models: list[CatalogModel] = Field(min_length=1)
@@ -89,11 +98,7 @@ class ModelsFile(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> ModelsFile:
-        seen: set[str] = set()
-        for i, model in enumerate(self.models):
-            if model.model_id in seen:
-                raise ValueError(f"models[{i}].model_id: {model.model_id!r} is defined twice")
-            seen.add(model.model_id)
+        _refuse_twice("models", "model_id", [m.model_id for m in self.models])
         return self
 
 
@@ -126,11 +131,7 @@ class RuntimeParamsFile(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> RuntimeParamsFile:
-        seen: set[str] = set()
-        for i, t in enumerate(self.templates):
-            if t.name in seen:
-                raise ValueError(f"templates[{i}].name: {t.name!r} is defined twice")
-            seen.add(t.name)
+        _refuse_twice("templates", "name", [t.name for t in self.templates])
         return self
 
 

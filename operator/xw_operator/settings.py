@@ -39,41 +39,34 @@ PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
 
 
 class Settings(BaseModel):
-    """Field aliases are the variable names; descriptions are README's "meaning" column."""
+    """Field aliases are the variable names (``XW_`` + the field name in capitals unless a field names its
+    own); descriptions are README's "meaning" column."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=lambda name: f"XW_{name.upper()}")
 
     devices_config: Path | None = Field(
         None,
-        alias="XW_DEVICES_CONFIG",
         description="devices.yaml for every command when `--devices-config` is not given "
         "(default: the shipped `configs/devices.yaml`)",
     )
     state_dir: Path = Field(
         Path("~/.xw"),
-        alias="XW_STATE_DIR",
         description="Docker mode: your stable server name, stop markers and engines' work directories",
     )
     lock_dir: Path | None = Field(
         None,
-        alias="XW_LOCK_DIR",
         description="Docker mode: directory of the host-wide allocation lock, one file per Docker engine "
         "(default: /run/lock, else /var/lock, else the temporary directory)",
     )
-    sysfs_root: Path = Field(
-        Path("/sys"), alias="XW_SYSFS_ROOT", description="Docker mode: where accelerators are discovered (PCI)"
-    )
+    sysfs_root: Path = Field(Path("/sys"), description="Docker mode: where accelerators are discovered (PCI)")
     port_range: PortRange = Field(
         DEFAULT_PORT_RANGE,
-        alias="XW_PORT_RANGE",
         description="Docker mode: host ports (`LOW-HIGH`) `xw run` picks from when `spec.port` is not given",
     )
-    config_poll_seconds: float = Field(
-        2.0, gt=0, alias="XW_CONFIG_POLL_SECONDS", description="operator: how often a devices.yaml file is re-read"
-    )
+    config_poll_seconds: float = Field(2.0, gt=0, description="operator: how often a devices.yaml file is re-read")
     # Handlers wait on the API server, not the CPU: 32 cut the Ready lag p50 at 200 instances from 46 s to
     # 2.9 s (bench/bench_scale.py).
-    max_workers: int = Field(32, ge=1, alias="XW_MAX_WORKERS", description="operator: handler threads (kopf)")
+    max_workers: int = Field(32, ge=1, description="operator: handler threads (kopf)")
     pod_name: str | None = Field(
         None,
         alias="POD_NAME",

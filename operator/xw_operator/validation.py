@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from xw_operator.errors import ConfigError
-from xw_operator.inputs import CheckedLoader, load_yaml
+from xw_operator.errors import ConfigError, XwError
+from xw_operator.inputs import CheckedLoader, load_yaml, path_text
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def field_path(loc: Sequence[int | str]) -> str:
-    """Render a pydantic location as ``vendors[0].chip_models[2].ext_sandboxes.vllm.shm_size_gb``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
 
 
 def describe(error: ValidationError, *, limit: int = 5) -> str:
@@ -32,7 +20,7 @@ def describe(error: ValidationError, *, limit: int = 5) -> str:
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see the documented keys)"
-        parts.append(f"{field_path(item['loc'])}: {msg}")
+        parts.append(f"{path_text(item['loc'])}: {msg}")
     more = len(error.errors()) - limit
     if more > 0:
         parts.append(f"... and {more} more")
@@ -51,9 +39,16 @@ def parse_config_document(
     is a ConfigError naming ``source`` and, for a schema error, the field."""
     # Duplicate keys, depth, size, alias bombs, non-JSON values: the one input layer (inputs.py).
     data = load_yaml(text, source, ConfigError, loader)
+    return validate_mapping(data, source, model, ConfigError, f"expected {expected}")
+
+
+def validate_mapping(data: object, where: str, model: type[M], error: type[XwError], expected: str) -> M:
+    """``data`` (already through the structural checks of inputs.py) validated into ``model``; anything else
+    is one ``error`` line: ``where: expected ...`` for a non-mapping, ``where: path: message`` for a schema
+    error. The one place admin files and ModelInstance documents become models."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected {expected}")
+        raise error(f"{where}: {expected}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe(exc)}") from None
+        raise error(f"{where}: {describe(exc)}") from None

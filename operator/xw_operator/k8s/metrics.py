@@ -126,13 +126,13 @@ class OperatorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
-        self.reconciles = Counter(
-            f"{PREFIX}_reconciles",
+        self.reconciles = self._counter(
+            "reconciles",
             "Reconciles by kind (spec: children from the spec; status: status from a changed child) and result "
             "(applied: children written; unchanged: nothing to write; invalid: the spec cannot be realised; "
             "error: the API failed, retried).",
-            ["kind", "result"],
-            registry=self.registry,
+            "kind",
+            "result",
         )
         self.duration = Histogram(
             f"{PREFIX}_reconcile_duration_seconds",
@@ -141,33 +141,25 @@ class OperatorMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
-        self.config_reloads = Counter(
-            f"{PREFIX}_devices_config_reloads", "devices.yaml versions accepted after start-up.", registry=self.registry
-        )
-        self.config_rejections = Counter(
-            f"{PREFIX}_devices_config_rejections",
+        self.config_reloads = self._counter("devices_config_reloads", "devices.yaml versions accepted after start-up.")
+        self.config_rejections = self._counter(
+            "devices_config_rejections",
             "devices.yaml versions refused (invalid or unreadable); the last good one stays in force.",
-            registry=self.registry,
         )
-        self.watch_restarts = Counter(
-            f"{PREFIX}_watch_restarts",
+        self.watch_restarts = self._counter(
+            "watch_restarts",
             "Watch streams kopf restarted, by resource and reason (gone: 410, re-listed; inactive: no event for "
             "too long, reconnected; error: a watch request failed). Routine reconnects after the server's "
             "watch timeout are not counted.",
-            ["resource", "reason"],
-            registry=self.registry,
+            "resource",
+            "reason",
         )
-        self.watch_starts = Counter(
-            f"{PREFIX}_watch_streams_started",
-            "Watch streams started, by resource.",
-            ["resource"],
-            registry=self.registry,
-        )
-        self.api_writes = Counter(
-            f"{PREFIX}_api_writes",
+        self.watch_starts = self._counter("watch_streams_started", "Watch streams started, by resource.", "resource")
+        self.api_writes = self._counter(
+            "api_writes",
             "API writes the operator made, by verb (server-side apply is a patch) and kind.",
-            ["verb", "kind"],
-            registry=self.registry,
+            "verb",
+            "kind",
         )
         self._list_instances: Callable[[], list[dict[str, Any]]] | None = None
         self._phase_ttl = 10.0
@@ -178,6 +170,10 @@ class OperatorMetrics:
         for reason in ("gone", "inactive", "error"):
             self.watch_restarts.labels("modelinstances", reason)  # exported as 0 before the first one
         self.reconciles.labels("spec", "applied")
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        """A counter named ``xw_operator_<name>`` (``_total`` added by the client) on this registry."""
+        return Counter(f"{PREFIX}_{name}", documentation, labels, registry=self.registry)
 
     # ---------------------------------------------------------------- wiring
 
