@@ -150,12 +150,7 @@ for _command in DOCKER_COMMANDS:
     show_default=True,
     help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics; 0 disables them.",
 )
-@click.option(
-    "--metrics-address",
-    default="0.0.0.0",
-    show_default=True,
-    help="Address the metrics endpoint listens on.",
-)
+@click.option("--metrics-address", default="0.0.0.0", show_default=True, help="Metrics endpoint address.")
 @click.option(
     "--leader-election-lease",
     default=None,

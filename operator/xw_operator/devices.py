@@ -34,7 +34,7 @@ from xw_operator.instance import CHIP_NAME_PATTERN
 from xw_operator.policy import normalise_host_path, prefix_parts
 from xw_operator.recipes import Recipes, load_recipes
 from xw_operator.settings import settings
-from xw_operator.validation import parse_config_document
+from xw_operator.validation import list_field, parse_config_document
 
 ARCHES = ("amd64", "arm64")
 NONE_IMAGE = "NONE"
@@ -310,14 +310,12 @@ class Policy(_Strict):
     allow_model_host_path: bool = Field(
         True, description="false: spec.model.source.hostPath is refused on every backend (use pvc or huggingFace)"
     )
-    model_host_path_prefixes: list[Annotated[str, Field(pattern=r"^/")]] = Field(
-        default_factory=list,
-        description="directories a hostPath model source must lie under; empty: refused on Kubernetes, "
+    model_host_path_prefixes: list[Annotated[str, Field(pattern=r"^/")]] = list_field(
+        "directories a hostPath model source must lie under; empty: refused on Kubernetes, "
         "any directory in Docker mode (one's own host)",
     )
-    allowed_image_prefixes: list[str] = Field(
-        default_factory=list,
-        description="registry or registry/repository prefixes spec.engine.image may use besides the images "
+    allowed_image_prefixes: list[str] = list_field(
+        "registry or registry/repository prefixes spec.engine.image may use besides the images "
         "this file names for the chip and engine (e.g. quay.io/ascend, registry.local:5000/llm)",
     )
     writable_host_mounts: Literal["per-namespace", "emptyDir"] = Field(

@@ -24,7 +24,7 @@ from xw_operator.affinity import Affinity
 from xw_operator.errors import ManifestError
 from xw_operator.inputs import check_tree, decode, load_yaml_documents
 from xw_operator.policy import CONTROL_PLANE_PREFIX, MSG_CONTROL_PLANE, MSG_TOLERATE_ALL
-from xw_operator.validation import validate_mapping
+from xw_operator.validation import list_field, optional_text, validate_mapping
 
 GROUP = "xw.dev"
 VERSION = "v1alpha1"
@@ -206,12 +206,10 @@ class ModelSpec(ApiModel):
         description="Name clients ask for (vLLM's served model name). Default: the catalog model id, else "
         "metadata.name.",
     )
-    catalog: str | None = Field(
-        None,
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="A model id of the catalog (models.yaml, e.g. qwen3-8b): its source, engine, device count and "
+    catalog: str | None = optional_text(
+        128,
+        r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        "A model id of the catalog (models.yaml, e.g. qwen3-8b): its source, engine, device count and "
         "tuned parameters for the chip (runtime_params.yaml) fill in whatever this spec does not set.",
     )
     source: ModelSource | None = Field(
@@ -244,14 +242,12 @@ class EngineSpec(ApiModel):
     image: str | None = Field(
         None, min_length=1, max_length=1024, description="Override of the image devices.yaml configures."
     )
-    args: list[str] = Field(
-        default_factory=list,
-        description="Extra engine arguments (strings), e.g. --max-model-len=8192. A flag given here replaces "
+    args: list[str] = list_field(
+        "Extra engine arguments (strings), e.g. --max-model-len=8192. A flag given here replaces "
         "the operator's default for the same flag. Passed literally: $(VAR) is not expanded.",
     )
-    env: list[EnvVar] = Field(
-        default_factory=list,
-        description="Extra environment. Order of precedence: chip profile's static environment < engine "
+    env: list[EnvVar] = list_field(
+        "Extra environment. Order of precedence: chip profile's static environment < engine "
         "defaults < these < device-visibility variables, which belong to the allocation and are refused here.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
@@ -298,12 +294,10 @@ class DevicesSpec(ApiModel):
         "serves the endpoint, and nodes-1 worker pods, each on its own node; the group is scheduled, "
         "restarted and scaled as a unit. The pipeline parallel size defaults to it. Kubernetes only.",
     )
-    topology_key: str | None = Field(
-        None,
-        min_length=1,
-        max_length=316,
-        pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
-        description="Multi-node only: a node label key (e.g. a rack or switch label, or "
+    topology_key: str | None = optional_text(
+        316,
+        r"^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
+        "Multi-node only: a node label key (e.g. a rack or switch label, or "
         "topology.kubernetes.io/zone); all pods of one group land on nodes with the same value of it.",
     )
     indices: list[int] | None = Field(
@@ -326,21 +320,20 @@ class DevicesSpec(ApiModel):
         return self
 
 
+def _parallel_size(description: str) -> Any:
+    """A parallel size: at most every accelerator of a replica (count x nodes at their maxima)."""
+    return Field(None, ge=1, le=MAX_DEVICES * MAX_NODES, description=description)
+
+
 class ParallelismSpec(ApiModel):
     """How the engine splits the model over a replica's accelerators (devices.count x devices.nodes)."""
 
-    tensor: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_DEVICES * MAX_NODES,
-        description="Tensor parallel size. Default: devices.count (or the accelerators of a replica divided "
+    tensor: int | None = _parallel_size(
+        "Tensor parallel size. Default: devices.count (or the accelerators of a replica divided "
         "by pipeline, when only pipeline is set).",
     )
-    pipeline: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_DEVICES * MAX_NODES,
-        description="Pipeline parallel size. Default: devices.nodes (or the accelerators of a replica divided "
+    pipeline: int | None = _parallel_size(
+        "Pipeline parallel size. Default: devices.nodes (or the accelerators of a replica divided "
         "by tensor, when only tensor is set).",
     )
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from xw_operator.errors import ConfigError, XwError
 from xw_operator.inputs import CheckedLoader, load_yaml, path_text
@@ -52,3 +52,13 @@ def validate_mapping(data: object, where: str, model: type[M], error: type[XwErr
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(f"{where}: {describe(exc)}") from None
+
+
+def list_field(description: str, **extra: Any) -> Any:
+    """A list field that defaults to empty (models keep one spelling of it; the CRD schema is unchanged)."""
+    return Field(default_factory=list, description=description, **extra)
+
+
+def optional_text(max_length: int, pattern: str, description: str) -> Any:
+    """An optional, non-empty, bounded string field (omitted: unset)."""
+    return Field(None, min_length=1, max_length=max_length, pattern=pattern, description=description)

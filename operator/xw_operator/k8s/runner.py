@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -88,6 +89,7 @@ def make_source(api: KubeApi, devices_config: str | None, devices_configmap: str
     return FileSource(default_devices_config_path(devices_config))
 
 
+@dataclass(eq=False)  # identity semantics: it holds a lock and pending work
 class ConfigReactions:
     """What happens when devices.yaml changes: re-reconcile affected instances, or report a refusal.
 
@@ -96,27 +98,18 @@ class ConfigReactions:
     transient error on any of them, leaves them pending, and every later poll of the watcher retries
     (instances already converged cost a GET each, no write: the spec-hash rule)."""
 
-    def __init__(
-        self,
-        api: KubeApi,
-        reconciler: Reconciler,
-        source: Source,
-        namespaces: Sequence[str],
-        all_namespaces: bool,
-        store: ConfigStore | None = None,
-        last_good: LastGoodStore | None = None,
-    ) -> None:
-        self.api = api
-        self.reconciler = reconciler
-        self.source = source
-        self.namespaces = namespaces
-        self.all_namespaces = all_namespaces
-        self.store = store
-        self.last_good = last_good
-        self._lock = threading.Lock()
-        self._pending: set[str] = set()
-        self._pending_all = False
-        self._retry_failed = False
+    api: KubeApi
+    reconciler: Reconciler
+    source: Source
+    namespaces: Sequence[str]
+    all_namespaces: bool
+    store: ConfigStore | None = None
+    last_good: LastGoodStore | None = None
+    # Chips whose change has not reached every affected instance yet (guarded by _lock).
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _pending: set[str] = field(default_factory=set, init=False)
+    _pending_all: bool = field(default=False, init=False)
+    _retry_failed: bool = field(default=False, init=False)
 
     def instances(self) -> list[dict[str, Any]]:
         if self.all_namespaces:
