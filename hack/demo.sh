@@ -57,7 +57,12 @@ mkdir -p "$STATE/pids" "$STATE/logs"
 
 log "installing the ModelInstance CRD"
 kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
-kubectl wait --for=condition=Established crd/modelinstances.xw.dev --timeout=60s >/dev/null
+# Polled: `kubectl wait --for=condition=Established` fails at once on a CRD that has no status yet.
+for _ in $(seq 120); do
+  [ "$(kubectl get crd modelinstances.xw.dev -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ] \
+    && kubectl get mi -A >/dev/null 2>&1 && break
+  sleep 0.5
+done
 
 if pid="$(operator_pid)" && curl -sf "http://127.0.0.1:$HEALTH_PORT/healthz" >/dev/null; then
   log "operator already running (pid $pid)"

@@ -46,7 +46,8 @@ def test_container_labels_name_and_host_config(host: XwHost) -> None:
     assert hc["Runtime"] == "runc"
     binding = hc["PortBindings"]["8000/tcp"]
     assert binding == [{"HostIp": "127.0.0.1", "HostPort": labels["xw.host_port"]}]
-    assert 28000 <= int(labels["xw.host_port"]) <= 28999
+    low, high = map(int, host.env["XW_PORT_RANGE"].split("-"))
+    assert low <= int(labels["xw.host_port"]) <= high
 
 
 def test_sandbox_is_visible_inside_the_container(host: XwHost) -> None:

@@ -182,7 +182,23 @@ def install_crd(cluster: Any) -> None:
     else:
         text = subprocess.run([str(XW), "crds"], check=True, capture_output=True, text=True).stdout
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=text)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelinstances.xw.dev", "--timeout=60s")
+    wait_for_crd(cluster)
+
+
+def wait_for_crd(cluster: Any, timeout: float = 60) -> None:
+    """Until the CRD is Established and discovery serves ``mi``.
+
+    Polled rather than ``kubectl wait --for=condition=Established``: on a CRD created a moment ago that
+    has no status yet, kubectl wait fails at once ("<nil> is of the type <nil>") instead of waiting.
+    """
+    deadline = time.monotonic() + timeout
+    query = '{.status.conditions[?(@.type=="Established")].status}'
+    while True:
+        got = cluster.kubectl("get", "crd", "modelinstances.xw.dev", "-o", f"jsonpath={query}", check=False)
+        if got.stdout.strip() == "True" and cluster.kubectl("get", "mi", "-A", check=False).returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"CRD modelinstances.xw.dev not served after {timeout:.0f}s: {got.stderr}"
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

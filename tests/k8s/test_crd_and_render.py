@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from operator_fixture import wait_for_crd
 
 import builders
 from xw_operator.devices import DevicesConfig, load_devices_config, packaged_devices_config_path
@@ -32,12 +33,7 @@ HOST_DEVICE_CONFIG = REPO / "tests" / "golden" / "host-device-devices.yaml"
 @pytest.fixture(scope="module")
 def crd(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=xw-crd-tests", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modelinstances.xw.dev", "--timeout=60s")
-    # Established comes a moment before discovery serves the new resource to clients.
-    deadline = time.monotonic() + 60
-    while cluster.kubectl("get", "mi", "-A", check=False).returncode != 0:
-        assert time.monotonic() < deadline, "modelinstances never appeared in API discovery"
-        time.sleep(1)
+    wait_for_crd(cluster)
 
 
 manifest = builders.document

@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_fixture import OperatorProcess, operator_log_on_failure, xw_operator
+from operator_fixture import OperatorProcess
 from test_operator import SAMPLES, apply, get, instance, wait_for, wait_ready
-
-__all__ = ["operator_log_on_failure", "xw_operator"]  # fixtures, re-exported for pytest
 
 pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
 

@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_fixture import SHIPPED_DEVICES, OperatorProcess, operator_log_on_failure, xw_operator
-
-__all__ = ["operator_log_on_failure", "xw_operator"]  # fixtures, re-exported for pytest
+from operator_fixture import SHIPPED_DEVICES, OperatorProcess
 
 pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
 

@@ -19,9 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_fixture import SHIPPED_DEVICES, OperatorProcess, operator_log_on_failure, xw_operator
-
-__all__ = ["operator_log_on_failure", "xw_operator"]
+from operator_fixture import SHIPPED_DEVICES, OperatorProcess
 
 USER = "tenant-alice"
 MODELS = "/data/models"
