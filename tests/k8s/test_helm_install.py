@@ -66,6 +66,19 @@ class Release:
         return f"system:serviceaccount:{self.namespace}:{self.fullname}"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def session_operator_paused(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's operator watches every namespace with its own devices.yaml; next to this module's
+    operators (the chart's ConfigMap, an upgraded image) both would reconcile the same instances and
+    revert each other's Deployments. It is paused for this module and started again afterwards."""
+    session_operator = request.getfixturevalue("xw_operator")
+    session_operator.stop()
+    try:
+        yield
+    finally:
+        session_operator.start()
+
+
 @pytest.fixture(scope="module")
 def release(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     rid = short_id()

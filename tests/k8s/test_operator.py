@@ -393,12 +393,26 @@ def test_devices_config_change_updates_only_affected_deployments(
         restore_shipped_devices(xw_operator)
 
 
+def settled_versions(cluster: Any, namespace: str, timeout: float = 30) -> dict[str, str]:
+    """Resource versions once nothing has moved for 2 s: Ready can come a moment before the Deployment
+    controller's last status update, which the operator's status then follows."""
+    deadline = time.monotonic() + timeout
+    versions = resource_versions(cluster, namespace)
+    while True:
+        time.sleep(2)
+        now = resource_versions(cluster, namespace)
+        if now == versions:
+            return now
+        assert time.monotonic() < deadline, f"objects in {namespace} never settled: {versions} -> {now}"
+        versions = now
+
+
 def test_invalid_devices_config_is_refused_and_changes_nothing(
     cluster: Any, namespace: str, xw_operator: OperatorProcess
 ) -> None:
     apply(cluster, namespace, instance(name="keep", chip="nvidia-t4", count=1))
     wait_ready(cluster, namespace, "keep")
-    before = resource_versions(cluster, namespace)
+    before = settled_versions(cluster, namespace)
     digest = xw_operator.health()["devicesConfig"]["digest"]
     try:
         xw_operator.write_devices(nvidia_shm("lots"))
