@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from operator_fixture import SHIPPED_DEVICES, OperatorProcess
+from test_operator import wait_for as operator_wait_for
 
 pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
 
@@ -54,18 +55,14 @@ def pods_of(cluster: Any, ns: str, name: str, *, terminating: bool = False) -> l
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, cluster: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    where = ""
-    if cluster is not None:  # what the scheduler saw: every pod on the Ascend nodes, all namespaces
+    """test_operator's wait_for, plus what the scheduler saw (every pod, all namespaces) on a timeout."""
+    try:
+        return operator_wait_for(what, check, timeout)
+    except AssertionError as exc:
+        if cluster is None:
+            raise
         pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
-        where = f"\npods:\n{pods}"
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}{where}")
+        raise AssertionError(f"{exc}\npods:\n{pods}") from None
 
 
 def status(cluster: Any, ns: str, name: str) -> dict[str, Any]:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 from operator_fixture import SHIPPED_DEVICES, OperatorProcess
+from test_operator import wait_for
 
 USER = "tenant-alice"
 MODELS = "/data/models"
@@ -39,17 +39,6 @@ def with_model_dirs(text: str, dirs: str) -> str:
     marker = "model_host_path_prefixes: []"
     assert marker in text
     return text.replace(marker, f"model_host_path_prefixes: {dirs}")
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def get(cluster: Any, ns: str, kind: str, name: str) -> dict[str, Any] | None:
