@@ -4,8 +4,10 @@ An *engine definition* says, for one engine name (``spec.engine.name``: ``vllm``
 whether the image's own entrypoint runs or an explicit command replaces it, the argument and environment
 templates with placeholders (``{model_path}``, ``{served_name}``, ``{tensor_parallel_size}``, ...), how the
 tuned parameters of a model recipe reach the engine (as variables, as flags, or only via placeholders),
-which placeholders user arguments may override, and the engine's health and readiness paths. The format
-is documented in ``docs/engines.md``.
+which placeholders user arguments may override, the engine's health and readiness paths, and, in a
+``multi_node`` block, what the leader and the workers of a LeaderWorkerSet group run (applied by
+:mod:`xw_operator.multinode`; it lives here so an administrator overrides it like the rest, from
+devices.yaml). The format is documented in ``docs/engines.md``.
 
 Where definitions come from, first match wins (the same **config > code > error** rule as sandboxes):
 
@@ -32,9 +34,18 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from xw_operator.errors import ConfigError, ResolveError
 from xw_operator.inputs import load_yaml
@@ -132,12 +143,206 @@ class TunedParams(_Strict):
     skip: list[str] = Field(default_factory=list, description="keys only used as placeholders")
 
 
-class RoleLaunch(_Strict):
-    """Reserved for multi-node contracts (leader/worker): a per-role command, args and env over the base."""
+# ------------------------------------------------------------------ multi-node contracts (LeaderWorkerSet)
 
-    command: list[str] | None = None
-    args: list[ArgGroup] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+# What a multi-node contract's templates may use: the group's shape, known for every engine (not the
+# engine's own placeholders such as tuned keys, which a contract does not see). An unknown name would
+# reach the pod as literal text, so it is refused when the definition loads.
+MULTI_NODE_PLACEHOLDERS = (
+    "nodes",  # pods per group (spec.devices.nodes)
+    "device_count",  # accelerators per node
+    "world_size",  # device_count x nodes
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "port",
+    "served_name",
+    "model_path",
+)
+# A contract's placeholder: a lower-case name in braces. `${NAME}` is the shell's and JSON's braces
+# (`'{"NPU": 8}'`) are not names, so both stay as they are.
+CONTRACT_PLACEHOLDER = re.compile(r"(?<!\$)\{([a-z_][a-z0-9_]*)(\|[^{}]*)?\}")
+
+# Pod fields a contract variable may take from the downward API: the pod's identity and addresses, the
+# ones multi-node engines bind to or report. Refused at load time rather than by the API server at pod
+# creation (an unsupported path fails every pod of the group, long after the LeaderWorkerSet was accepted).
+# Left out on purpose: annotations (device plugins and admission webhooks write arbitrary data there, and
+# engines log their environment), labels (the LWS_* variables already carry the group's indices) and the
+# ServiceAccount name (engine pods get no token).
+FIELD_REFS = (
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
+)
+
+
+class FieldRef(_Strict):
+    """A contract variable's value from the downward API (``{fieldRef: status.podIP}``)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    field_ref: str = Field(alias="fieldRef")
+
+
+def _contract_text(template: str) -> str:
+    for match in CONTRACT_PLACEHOLDER.finditer(template):
+        if match.group(1) not in MULTI_NODE_PLACEHOLDERS or match.group(2) is not None:
+            raise ValueError(
+                f"placeholder {match.group(0)} in {template!r}: a multi-node contract knows "
+                f"{', '.join('{' + n + '}' for n in MULTI_NODE_PLACEHOLDERS)} (no defaults; a shell "
+                "variable is written ${NAME})"
+            )
+    return template
+
+
+ContractText = Annotated[str, AfterValidator(_contract_text)]
+ContractArgGroup = Annotated[list[ContractText], BeforeValidator(_arg_group), Field(min_length=1)]
+
+
+def _env_value(value: Any) -> Any:
+    """A string template or ``{fieldRef: <allowed pod field>}``, with one message for each mistake (a plain
+    union would report one failure per branch)."""
+    if isinstance(value, FieldRef):
+        return value
+    if isinstance(value, str):
+        return _contract_text(value)
+    if isinstance(value, dict):
+        if set(value) != {"fieldRef"} or not isinstance(value["fieldRef"], str):
+            raise ValueError("a pod field is written {fieldRef: <field>}, e.g. {fieldRef: status.podIP}")
+        if value["fieldRef"] not in FIELD_REFS:
+            raise ValueError(f"fieldRef {value['fieldRef']!r} is not allowed; use one of: {', '.join(FIELD_REFS)}")
+        return FieldRef(field_ref=value["fieldRef"])
+    raise ValueError("expected a string (quote numbers and booleans) or {fieldRef: <pod field>}")
+
+
+EnvValue = Annotated[str | FieldRef, BeforeValidator(_env_value)]
+
+
+class RoleContract(_Strict):
+    """One role's part of a multi-node contract (docs/engines.md, "Multi-node contracts")."""
+
+    wrap: list[ContractText] | None = Field(
+        None,
+        min_length=1,
+        description="leader only: a command that starts side services, then runs the engine's command line "
+        'given to it as "$@"',
+    )
+    command: list[ContractText] | None = Field(
+        None, min_length=1, description="the role's whole command (replaces the engine's)"
+    )
+    args: list[ContractArgGroup] = Field(
+        default_factory=list,
+        description="argument groups appended to the engine's arguments unless the user already gives the flag",
+    )
+    env: dict[str, EnvValue] = Field(default_factory=dict, description="variables added for this role")
+    serves: bool | None = Field(
+        None, description="worker only: whether workers serve the HTTP endpoint (ports, probes); default false"
+    )
+
+    @model_validator(mode="after")
+    def _one_launch(self) -> RoleContract:
+        if self.wrap is not None and self.command is not None:
+            raise ValueError("give wrap (runs the engine's command line after it) or command (replaces it), not both")
+        if self.command is not None and self.args:
+            # A role's own command replaces the engine's whole command line; its args would be dropped.
+            raise ValueError("a role with its own command takes no args; write them into the command")
+        return self
+
+    def over(self, base: Self) -> Self:
+        """This overlay applied on ``base``: the keys it sets replace (``wrap`` and ``command`` together:
+        both say how the role starts), ``env`` merges."""
+        given = self.model_fields_set
+        launch = self if given & {"wrap", "command"} else base
+        return base.model_copy(
+            update={
+                "wrap": launch.wrap,
+                "command": launch.command,
+                "args": self.args if "args" in given else base.args,
+                "env": {**base.env, **self.env},
+                "serves": self.serves if "serves" in given else base.serves,
+            }
+        )
+
+
+class LeaderContract(RoleContract):
+    @field_validator("serves")
+    @classmethod
+    def _leader_serves(cls, value: bool | None) -> bool | None:
+        if value is not None:
+            raise ValueError(
+                "the leader always serves the endpoint (the instance's Service selects it); "
+                "only worker.serves can be set"
+            )
+        return value
+
+
+class WorkerContract(RoleContract):
+    @field_validator("wrap")
+    @classmethod
+    def _worker_wrap(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            raise ValueError("only the leader wraps the engine's command; give the worker a full command")
+        return value
+
+
+class VendorOverlay(_Strict):
+    """What one vendor's chips change in a contract (``vendors.<vendor_name in lower case>``)."""
+
+    env: dict[str, EnvValue] = Field(default_factory=dict, description="variables added for both roles")
+    leader: LeaderContract = Field(default_factory=LeaderContract)
+    worker: WorkerContract = Field(default_factory=WorkerContract)
+
+
+class MultiNodeContract(VendorOverlay):
+    """How an engine runs as one LeaderWorkerSet group (``spec.devices.nodes`` > 1): ``env`` for both
+    roles, a ``leader`` and a ``worker`` part, and per-vendor overlays over them."""
+
+    vendors: dict[str, VendorOverlay] = Field(
+        default_factory=dict, description="overlays by devices.yaml vendor_name in lower case (huawei, nvidia, ...)"
+    )
+
+    @field_validator("vendors")
+    @classmethod
+    def _vendor_keys(cls, vendors: dict[str, VendorOverlay]) -> dict[str, VendorOverlay]:
+        for key in vendors:
+            if key != key.lower():
+                raise ValueError(f"{key!r}: vendor keys are devices.yaml vendor_name in lower case ({key.lower()!r})")
+        return vendors
+
+    @model_validator(mode="after")
+    def _overlays_keep_args(self) -> MultiNodeContract:
+        # An overlay's args under the base's command (or the base's args under an overlay's command) would
+        # be dropped, like args beside a command in one block.
+        for key in self.vendors:
+            merged = self.for_vendor(key)
+            for role, part in (("leader", merged.leader), ("worker", merged.worker)):
+                if part.command is not None and part.args:
+                    raise ValueError(
+                        f"vendors.{key}.{role}: with the overlay applied the {role} has its own command and args; "
+                        "a role with its own command takes no args"
+                    )
+        return self
+
+    def for_vendor(self, vendor: str) -> MultiNodeContract:
+        """The contract for chips of ``vendor`` (devices.yaml vendor_name): its overlay applied, if any."""
+        overlay = self.vendors.get(vendor.lower())
+        if overlay is None:
+            return self
+        # Built from validated parts without validating again: the merge itself is checked once, when the
+        # definition loads (_overlays_keep_args), and validation here would recurse into that check.
+        return MultiNodeContract.model_construct(
+            env={**self.env, **overlay.env},
+            leader=overlay.leader.over(self.leader),
+            worker=overlay.worker.over(self.worker),
+        )
+
+    def wraps(self) -> list[str]:
+        """Where a leader ``wrap`` is given (it needs the definition's command)."""
+        parts = [("", self)] + [(f"vendors.{k}.", v) for k, v in self.vendors.items()]
+        return [f"multi_node.{prefix}leader.wrap" for prefix, part in parts if part.leader.wrap is not None]
 
 
 class EngineDefinition(_Strict):
@@ -178,9 +383,24 @@ class EngineDefinition(_Strict):
     work_dir: str | None = Field(
         None, pattern=r"^/", description="a writable per-instance scratch directory mounted at this path"
     )
-    roles: dict[Literal["leader", "worker"], RoleLaunch] = Field(
-        default_factory=dict, description="reserved for multi-node launch contracts"
+    multi_node: MultiNodeContract | None = Field(
+        None,
+        description="how the engine runs as one LeaderWorkerSet group (spec.devices.nodes > 1); "
+        "absent: it runs on one node only",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_roles(cls, data: Any) -> Any:
+        # `roles: {}` was a reserved, never used field that docs/engines.md showed in its example; files that
+        # copied it keep loading (a refusal would also refuse the operator's persisted last good devices.yaml).
+        if isinstance(data, dict) and "roles" in data:
+            if data["roles"] != {}:
+                raise ValueError(
+                    "roles: was reserved and never used; multi-node contracts go under multi_node (docs/engines.md)"
+                )
+            data = {k: v for k, v in data.items() if k != "roles"}
+        return data
 
     @model_validator(mode="after")
     def _known_placeholders(self) -> EngineDefinition:
@@ -193,6 +413,11 @@ class EngineDefinition(_Strict):
             "work_dir" in placeholders(t) for t in [*self.env.values(), *(a for g in self.args for a in g)]
         ):
             raise ValueError("{work_dir} is used but work_dir (its mount path) is not set")
+        if self.command is None and self.multi_node is not None and (wraps := self.multi_node.wraps()):
+            raise ValueError(
+                f"{wraps[0]}: wraps the engine's command, but this definition starts the image's entrypoint "
+                "(no command); give the leader a full command instead"
+            )
         return self
 
     @field_validator("images")
@@ -258,6 +483,7 @@ class EngineCommand:
     port: int = CONTAINER_PORT
     work_dir: str | None = None
     definition: str = ""  # which definition produced it (shown by `xw render`, handy in bug reports)
+    multi_node: MultiNodeContract | None = None  # how it runs across nodes; None: on one node only
 
 
 EngineBuilder = Callable[[EngineContext], EngineCommand]
@@ -439,22 +665,47 @@ def build_from_definition(name: str, defn: EngineDefinition, ctx: EngineContext)
         port=defn.port,
         work_dir=defn.work_dir,
         definition=name,
+        multi_node=defn.multi_node,
     )
+
+
+def effective_definitions(configured: Mapping[str, EngineDefinition] | None = None) -> dict[str, EngineDefinition]:
+    """Every definition by key: devices.yaml's ``engines:`` first, then the shipped ones it does not replace."""
+    merged: dict[str, EngineDefinition] = dict(configured or {})
+    for key, defn in shipped_engines().items():
+        merged.setdefault(key, defn)
+    return merged
 
 
 def definitions_for(
     engine: str, configured: Mapping[str, EngineDefinition] | None = None
 ) -> list[tuple[str, EngineDefinition]]:
     """Definitions serving ``engine``: configured ones first, then shipped ones not overridden by key."""
-    merged: dict[str, EngineDefinition] = dict(configured or {})
-    for key, defn in shipped_engines().items():
-        merged.setdefault(key, defn)
-    return [(k, d) for k, d in merged.items() if (d.engine or k) == engine]
+    return [(k, d) for k, d in effective_definitions(configured).items() if (d.engine or k) == engine]
 
 
 def known_engines(configured: Mapping[str, EngineDefinition] | None = None) -> list[str]:
-    names = {d.engine or k for k, d in {**shipped_engines(), **(configured or {})}.items()}
+    names = {d.engine or k for k, d in effective_definitions(configured).items()}
     return sorted(names | set(_CODE_ENGINES) | set(installed_code_engines()))
+
+
+def multi_node_engines(configured: Mapping[str, EngineDefinition] | None = None) -> list[str]:
+    """Engines with a definition that has a multi-node contract (for the refusal's list)."""
+    return sorted({d.engine or k for k, d in effective_definitions(configured).items() if d.multi_node is not None})
+
+
+def no_multi_node_contract(engine: str, definition: str, nodes: int, known: Sequence[str]) -> ResolveError:
+    """The one refusal of ``nodes`` > 1 for an engine whose chosen definition has no multi-node contract."""
+    if definition in ("", engine):
+        return ResolveError(
+            f"spec.devices.nodes is {nodes} but engine {engine} has no multi-node contract "
+            f"(engines with one: {', '.join(known) or 'none'}); use one of them or nodes: 1"
+        )
+    return ResolveError(
+        f"spec.devices.nodes is {nodes} but engine {engine} starts with definition {definition} (chosen by the "
+        f"image), which has no multi-node contract; use an image another definition serves, give {definition} "
+        "a multi_node block in devices.yaml engines:, or nodes: 1"
+    )
 
 
 def select_definition(

@@ -1,111 +1,38 @@
-"""Multi-node engine contracts: how an engine's leader and workers start inside one LeaderWorkerSet group.
+"""Multi-node engine contracts applied: how an engine's leader and workers start inside one LeaderWorkerSet group.
 
-The contracts are data (``data/multinode.yaml``), shaped like the engine definitions of the
-"engines as configuration" format so they can move into those definitions: per engine a ``multi_node``
-block with an ``env`` for both roles, a ``leader`` and a ``worker`` part, and per-vendor overlays. This
-module only loads that file and applies a contract to a :class:`~xw_operator.plan.Plan`; a new engine (or
-a new vendor's variables) needs a YAML block, not code. Pure: no I/O beyond reading the packaged file.
+A contract is part of an engine definition (the ``multi_node`` block of engines.yaml or of devices.yaml's
+``engines:``, modelled in :mod:`xw_operator.engines`): ``env`` for both roles, a ``leader`` and a ``worker``
+part, per-vendor overlays. :func:`~xw_operator.plan.resolve` puts the chosen definition's contract on the
+Plan (and refuses ``nodes`` > 1 without one); this module applies it for the Plan's vendor. A new engine, or
+an administrator's change to a shipped contract, needs a YAML block, not code. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from xw_operator.engines import flag_name
-from xw_operator.errors import ConfigError, ResolveError
+from xw_operator.engines import (
+    CONTRACT_PLACEHOLDER,
+    EnvValue,
+    MultiNodeContract,
+    flag_name,
+    multi_node_engines,
+    no_multi_node_contract,
+    parse_engines,
+)
+from xw_operator.errors import ResolveError
 from xw_operator.plan import Plan
-from xw_operator.validation import describe
-
-CONTRACTS_RESOURCE = "data/multinode.yaml"
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
-
-
-class FieldRef(BaseModel):
-    """An environment value from the downward API (e.g. ``status.podIP``)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    field_ref: str = Field(alias="fieldRef", min_length=1)
-
-
-EnvValue = str | FieldRef
-
-
-class RoleContract(BaseModel):
-    """One role's part of a contract (see the header of data/multinode.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-    wrap: list[str] | None = None
-    command: list[str] | None = None
-    args: list[list[str]] = Field(default_factory=list)
-    env: dict[str, EnvValue] = Field(default_factory=dict)
-    serves: bool | None = None
-
-    def over(self, base: RoleContract) -> RoleContract:
-        """This overlay applied on ``base``: set keys replace, env merges."""
-        return RoleContract(
-            wrap=self.wrap if self.wrap is not None else base.wrap,
-            command=self.command if self.command is not None else base.command,
-            args=self.args or base.args,
-            env={**base.env, **self.env},
-            serves=self.serves if self.serves is not None else base.serves,
-        )
-
-
-class VendorOverlay(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    env: dict[str, EnvValue] = Field(default_factory=dict)
-    leader: RoleContract = Field(default_factory=RoleContract)
-    worker: RoleContract = Field(default_factory=RoleContract)
-
-
-class MultiNodeContract(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    env: dict[str, EnvValue] = Field(default_factory=dict)
-    leader: RoleContract = Field(default_factory=RoleContract)
-    worker: RoleContract = Field(default_factory=RoleContract)
-    vendors: dict[str, VendorOverlay] = Field(default_factory=dict)
-
-    def for_vendor(self, vendor: str) -> MultiNodeContract:
-        overlay = self.vendors.get(vendor.lower())
-        if overlay is None:
-            return self
-        return MultiNodeContract(
-            env={**self.env, **overlay.env},
-            leader=overlay.leader.over(self.leader),
-            worker=overlay.worker.over(self.worker),
-        )
-
-
-class EngineEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    multi_node: MultiNodeContract
-
-
-class ContractsFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: str
-    engines: dict[str, EngineEntry]
 
 
 def parse_contracts(text: str, source: str) -> dict[str, MultiNodeContract]:
-    try:
-        data = ContractsFile.model_validate(yaml.safe_load(text))
-    except (yaml.YAMLError, ValidationError) as exc:
-        detail = describe(exc) if isinstance(exc, ValidationError) else str(exc)
-        raise ConfigError(f"{source}: {detail}") from None
-    return {name: entry.multi_node for name, entry in data.engines.items()}
-
-
-@cache
-def shipped_contracts() -> dict[str, MultiNodeContract]:
-    text = resources.files("xw_operator").joinpath(CONTRACTS_RESOURCE).read_text(encoding="utf-8")
-    return parse_contracts(text, f"xw_operator/{CONTRACTS_RESOURCE}")
+    """The multi-node contracts of an engines document (engines.yaml's format), by engine name: for tools
+    and tests that hold contracts apart from a Plan."""
+    return {
+        defn.engine or key: defn.multi_node
+        for key, defn in parse_engines(text, source).items()
+        if defn.multi_node is not None
+    }
 
 
 @dataclass(frozen=True)
@@ -133,22 +60,24 @@ def placeholders(plan: Plan) -> dict[str, str]:
 
 
 def expand(text: str, values: dict[str, str]) -> str:
-    """``{name}`` of a known placeholder replaced; any other brace (JSON, shell) left as it is."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+    """``{name}`` of a placeholder replaced (the definition's validation allowed only known ones); any other
+    brace (JSON, shell) left as it is."""
+    return CONTRACT_PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
-def contract_for(plan: Plan, contracts: dict[str, MultiNodeContract] | None = None) -> MultiNodeContract:
-    table = shipped_contracts() if contracts is None else contracts
-    contract = table.get(plan.engine)
+def contract_for(plan: Plan, contracts: Mapping[str, MultiNodeContract] | None = None) -> MultiNodeContract:
+    """The Plan's contract (or, given ``contracts``, the one they hold for its engine) for its vendor."""
+    if contracts is None:
+        contract, known = plan.multi_node, multi_node_engines()
+    else:
+        contract, known = contracts.get(plan.engine), sorted(contracts)
     if contract is None:
-        raise ResolveError(
-            f"spec.devices.nodes is {plan.nodes} but engine {plan.engine} has no multi-node contract "
-            f"(engines with one: {', '.join(sorted(table)) or 'none'}); use one of them or nodes: 1"
-        )
+        definition = plan.engine_definition if contracts is None else ""
+        raise no_multi_node_contract(plan.engine, definition, plan.nodes, known)
     return contract.for_vendor(plan.vendor)
 
 
-def role_spec(plan: Plan, role: str, contracts: dict[str, MultiNodeContract] | None = None) -> RoleSpec:
+def role_spec(plan: Plan, role: str, contracts: Mapping[str, MultiNodeContract] | None = None) -> RoleSpec:
     """The leader's or a worker's command, arguments and contract variables for ``plan``."""
     contract = contract_for(plan, contracts)
     part = contract.leader if role == "leader" else contract.worker

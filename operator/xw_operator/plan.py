@@ -31,7 +31,10 @@ from xw_operator.engines import (
     DEFAULT_READY_PATH,
     MODEL_MOUNT_PATH,
     EngineContext,
+    MultiNodeContract,
     build_command,
+    multi_node_engines,
+    no_multi_node_contract,
 )
 from xw_operator.errors import ImageNotAvailable, PolicyRefused, ResolveError
 from xw_operator.instance import ModelInstance
@@ -102,6 +105,8 @@ class Resolved:
     # (tensor, pipeline) parallel sizes after the API's defaults; devices.yaml vendor_name in lower case.
     parallel_sizes: tuple[int, int] = (1, 1)
     vendor: str = ""
+    # The chosen engine definition's multi-node contract (before the vendor overlay); None: one node only.
+    multi_node: MultiNodeContract | None = None
 
     @property
     def model_source(self) -> SourceKind:
@@ -229,6 +234,10 @@ def resolve(
         ),
         config.engines,
     )
+    if spec.devices.nodes > 1 and engine_cmd.multi_node is None:
+        raise no_multi_node_contract(
+            engine, engine_cmd.definition, spec.devices.nodes, multi_node_engines(config.engines)
+        )
     # The recipe's `envs` sit with the engine's variables but, like tuned ones, never replace the sandbox's.
     sandbox_env = sandbox.environment(())
     recipe_env = {k: v for k, v in (recipe.envs if recipe else {}).items() if k not in sandbox_env}
@@ -275,6 +284,7 @@ def resolve(
         nodes=spec.devices.nodes,
         parallel_sizes=spec.parallel_sizes,
         vendor=ref.vendor.vendor_name.lower() if ref is not None else "",
+        multi_node=engine_cmd.multi_node,
     )
 
 
