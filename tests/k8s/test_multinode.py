@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_fixture import SHIPPED_DEVICES, OperatorProcess
+from operator_fixture import REPO, SHIPPED_DEVICES, OperatorProcess
 from test_operator import wait_for as operator_wait_for
+
+from xw_operator.engines import FIELD_REFS
 
 pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
 
@@ -252,3 +254,62 @@ def test_revocation_scales_the_leaderworkerset_to_zero_and_restoring_brings_it_b
         xw_operator.restore_devices()
     cluster.kubectl("delete", "mi", "revoked", "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
     wait_for("its pods gone", lambda: not pods_of(cluster, namespace, "revoked", terminating=True), timeout=120)
+
+
+def test_an_admins_contract_in_devices_yaml_reaches_the_leaderworkerset_without_a_release(
+    cluster: Any, namespace: str, xw_operator: OperatorProcess
+) -> None:
+    """devices.yaml `engines:` overrides the shipped vllm definition with its own multi-node contract (the
+    operator reloads it, no new image); the LeaderWorkerSet the real controller runs carries it, the API
+    server accepts every downward-API field the contract format allows, and restoring the shipped file
+    brings the shipped contract back to the running instance."""
+    shipped_engines = yaml.safe_load((REPO / "configs" / "engines.yaml").read_text(encoding="utf-8"))["engines"]
+    vllm = shipped_engines["vllm"]
+    huawei = vllm["multi_node"]["vendors"]["huawei"]
+    huawei["leader"]["wrap"] = ["/bin/sh", "-c", 'admin-ray-head --npus={device_count} && exec "$@"', "xw-leader"]
+    huawei["env"]["HCCL_CONNECT_TIMEOUT"] = "600"
+    fields = {f"XW_FIELD_{i}": {"fieldRef": f} for i, f in enumerate(FIELD_REFS)}
+    vllm["multi_node"]["env"].update({"ADMIN_CONTRACT": "{nodes}x{device_count}", **fields})
+    admin = SHIPPED_DEVICES.read_text(encoding="utf-8") + "\n" + yaml.safe_dump({"engines": {"vllm": vllm}})
+    name = "admin"
+
+    def leader_container() -> dict[str, Any]:
+        proc = cluster.kubectl("get", "leaderworkerset", f"{name}-lws", "-n", namespace, "-o", "json", check=False)
+        if proc.returncode != 0:
+            return {}
+        template = json.loads(proc.stdout)["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+        return dict(template["spec"]["containers"][0])
+
+    try:
+        xw_operator.write_devices(admin)
+        time.sleep(2)  # the operator polls its devices.yaml every second
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(instance(name, nodes=2)))
+        wait_for("the instance Ready with one group", lambda: ready(cluster, namespace, name, 1, 2), cluster=cluster)
+
+        lc = leader_container()
+        assert lc["command"] == [
+            "/bin/sh", "-c", 'admin-ray-head --npus=8 && exec "$@"', "xw-leader",
+            "vllm", "serve", "deepseek-ai/DeepSeek-R1",
+        ]  # fmt: skip
+        variables = env_of(lc)
+        assert variables["ADMIN_CONTRACT"] == "2x8" and variables["HCCL_CONNECT_TIMEOUT"] == "600"
+        assert variables["HCCL_IF_IP"]["fieldRef"]["fieldPath"] == "status.podIP"
+        # Every allowed pod field is one the API server takes: both pods of the group exist and carry them.
+        for pod in pods_of(cluster, namespace, name):
+            pod_env = env_of(pod["spec"]["containers"][0])
+            assert {k: pod_env[k]["fieldRef"]["fieldPath"] for k in fields} == {
+                k: v["fieldRef"] for k, v in fields.items()
+            }
+            assert pod_env["ADMIN_CONTRACT"] == "2x8"
+
+        xw_operator.restore_devices()
+        wait_for(
+            "the shipped contract back on the LeaderWorkerSet",
+            lambda: leader_container().get("command", [""] * 3)[2].startswith("ray start --head"),
+            cluster=cluster,
+        )
+        assert "ADMIN_CONTRACT" not in env_of(leader_container())
+    finally:
+        xw_operator.restore_devices()
+    cluster.kubectl("delete", "mi", name, "-n", namespace, "--wait=true", "--timeout=60s", timeout=90)
+    wait_for("its pods gone", lambda: not pods_of(cluster, namespace, name, terminating=True), timeout=120)
