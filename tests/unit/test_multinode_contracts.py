@@ -218,6 +218,16 @@ def test_the_retired_empty_roles_field_still_loads_and_a_filled_one_is_refused()
         config_with({"vllm": vllm})
 
 
+def test_the_admin_example_in_docs_engines_md_loads_and_renders() -> None:
+    text = (builders.REPO / "docs" / "engines.md").read_text(encoding="utf-8")
+    example = next(b for b in text.split("```yaml\n") if b.startswith("# devices.yaml"))
+    engines = yaml.safe_load(example.split("```", 1)[0])["engines"]
+    leader, worker = containers(config_with(engines))
+    assert leader["command"][2] == '/opt/site/ray-head.sh --npus=8 && exec "$@"'
+    assert worker["command"][2] == 'exec /opt/site/ray-worker.sh "${LWS_LEADER_ADDRESS}:6379" 8'
+    assert env(worker)["HCCL_CONNECT_TIMEOUT"] == "3600"
+
+
 def test_the_placeholders_a_contract_may_use_are_exactly_those_it_is_given() -> None:
     inst = parse_instance(body())
     plan = resolve(inst, config_with({})).bind(None)
