@@ -9,6 +9,7 @@ from xw_operator.k8s.node_health import (
     NODE_NOT_READY,
     device_faults,
     device_requests,
+    devices_withdrawn,
     health_fingerprint,
 )
 
@@ -78,3 +79,23 @@ def test_requests_and_fingerprint() -> None:
     assert device_requests(pod("a", 3)) == {RES: 3}
     assert health_fingerprint(node()) == (True, ((RES, "8"),))
     assert health_fingerprint(node(ready=False, chips=6)) == (False, ((RES, "6"),))
+
+
+def with_capacity(n: dict[str, Any], chips: int) -> dict[str, Any]:
+    n["status"]["capacity"] = {RES: str(chips), "cpu": "64"}
+    return n
+
+
+def test_a_node_offering_all_it_has_withdrew_nothing() -> None:
+    assert not devices_withdrawn(with_capacity(node(chips=8), 8), [RES])
+    assert not devices_withdrawn(with_capacity(node(chips=6), 8), ["other.com/gpu"])  # not a resource we use
+
+
+def test_allocatable_below_capacity_or_gone_is_a_withdrawal() -> None:
+    assert devices_withdrawn(with_capacity(node(chips=6), 8), [RES])
+    gone = with_capacity(node(), 8)
+    del gone["status"]["allocatable"][RES]
+    assert devices_withdrawn(gone, [RES])
+    garbled = with_capacity(node(), 8)
+    garbled["status"]["allocatable"][RES] = "eight"
+    assert devices_withdrawn(garbled, [RES])

@@ -18,7 +18,7 @@ Deployment reschedules them onto healthy devices.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,21 @@ def node_ready(node: Obj | None) -> tuple[bool, str]:
                 return True, ""
             return False, str(cond.get("reason") or cond.get("message") or f"Ready={cond.get('status')}")
     return False, "no Ready condition"
+
+
+def devices_withdrawn(node: Obj, resources: Iterable[str]) -> bool:
+    """The node offers fewer of one of ``resources`` than it has (allocatable < capacity): a device
+    plugin withdrew unhealthy chips. Only then can the pods there be short of devices -- the scheduler
+    never places more than allocatable -- so only then are the node's other pods worth listing."""
+    status = node.get("status") or {}
+    allocatable, capacity = status.get("allocatable") or {}, status.get("capacity") or {}
+    for resource in resources:
+        try:
+            if int(str(allocatable.get(resource, "0"))) < int(str(capacity.get(resource, "0"))):
+                return True
+        except ValueError:
+            return True  # unreadable: look rather than guess
+    return False
 
 
 def _created(pod: Obj) -> str:

@@ -37,7 +37,13 @@ from xw_operator.k8s.client import FIELD_MANAGER, ApiError, KubeApi, object_path
 from xw_operator.k8s.drift import foreign_fields, missing_metadata, replacement
 from xw_operator.k8s.events import EventSpec, now_rfc3339, post_event, transition_event
 from xw_operator.k8s.failures import is_permanent_api_error, rejection_message
-from xw_operator.k8s.node_health import DeviceFault, device_faults, health_fingerprint
+from xw_operator.k8s.node_health import (
+    DeviceFault,
+    device_faults,
+    device_requests,
+    devices_withdrawn,
+    health_fingerprint,
+)
 from xw_operator.k8s.ownership import (
     NameConflict,
     ensure_controlled,
@@ -237,8 +243,18 @@ def instance_path(namespace: str, name: str, *, status: bool = False) -> str:
     return object_path(API_VERSION, PLURAL, namespace, name) + ("/status" if status else "")
 
 
-def apply_children(api: KubeApi, desired: Desired, generations: dict[ChildKey, int] | None = None) -> list[str]:
-    """Make each child exactly its rendering; returns ``Kind/name`` of those written.
+@dataclass(frozen=True)
+class Converged:
+    """What :func:`apply_children` did: ``Kind/name`` of each child written, and every child as now stored
+    (the status that follows reads the workload from here instead of asking the API server again)."""
+
+    applied: list[str]
+    stored: dict[ChildKey, Obj]
+    created: frozenset[ChildKey] = frozenset()  # did not exist before: a new workload has no pods yet
+
+
+def apply_children(api: KubeApi, desired: Desired, generations: dict[ChildKey, int] | None = None) -> Converged:
+    """Make each child exactly its rendering.
 
     ``generations`` remembers the generation each of our applies produced. A later spec change by
     someone else (``kubectl edit``, ``kubectl set image``) bumps the generation past it, so the child
@@ -253,24 +269,25 @@ def apply_children(api: KubeApi, desired: Desired, generations: dict[ChildKey, i
     lives = {key: api.get(_path(c)) for key, c in zip(keys, desired.children, strict=True)}
     # Before any write: every name must be free or ours (ownership.py); raises NameConflict.
     ensure_controlled(desired.children, lives, keys, desired.instance.metadata.model_dump())
-    applied = []
+    applied, stored, created = [], {}, set()
     for child, key in zip(desired.children, keys, strict=True):
         try:
-            result = converge_child(api, child, lives[key], generations.get(key))
+            now, written = converge_child(api, child, lives[key], generations.get(key))
         except ApiError as exc:
             if is_permanent_api_error(exc):
                 raise ChildRejected(child, exc) from None
             raise
-        if result is None:
-            continue
-        if (gen := generation_of(result[0])) is not None:
+        stored[key] = now
+        if lives[key] is None:
+            created.add(key)
+        if (gen := generation_of(now)) is not None:
             generations[key] = gen
-        if result[1]:
+        if written:
             applied.append(f"{child['kind']}/{child['metadata']['name']}")
-    return applied
+    return Converged(applied, stored, frozenset(created))
 
 
-def converge_child(api: KubeApi, child: Obj, live: Obj | None, known_generation: int | None) -> tuple[Obj, bool] | None:
+def converge_child(api: KubeApi, child: Obj, live: Obj | None, known_generation: int | None) -> tuple[Obj, bool]:
     """One child: nothing (``(live, False)``), SSA, or restore; returns the object now stored and
     whether it was written. (A separate step so an ownership check can run before any write.)"""
     if live is not None and not live.get("metadata", {}).get("deletionTimestamp"):
@@ -374,7 +391,7 @@ class Reconciler:
                 if (failure := self._remembered_rejection(body)) is not None:
                     raise InvalidSpec(failure)  # same spec, same config: the same refusal; send nothing
                 try:
-                    applied = apply_children(self.api, desired, self.generations)
+                    converged = apply_children(self.api, desired, self.generations)
                 except ChildRejected as exc:
                     log.warning("ModelInstance %s/%s: %s", namespace, name, exc)
                     self.rejections[(namespace, name)] = (self._attempt_key(body), exc.failure)
@@ -391,10 +408,14 @@ class Reconciler:
                 self._write_status(body, self._observe(body, None, exc.failure))
                 raise
             self.rejections.pop((namespace, name), None)
-            if applied:
-                log.info("ModelInstance %s/%s: applied %s", namespace, name, ", ".join(applied))
-            self._write_status(body, self._observe(body, desired, None))
-            return applied
+            if converged.applied:
+                log.info("ModelInstance %s/%s: applied %s", namespace, name, ", ".join(converged.applied))
+            key = child_key(desired.deployment)
+            observed = self._observe(
+                body, desired, None, workload=converged.stored.get(key), new_workload=key in converged.created
+            )
+            self._write_status(body, observed)
+            return converged.applied
 
     def forget(self, child: Mapping[str, Any]) -> None:
         """Drop what we remembered of a child that someone else deleted or changed."""
@@ -425,7 +446,19 @@ class Reconciler:
                 desired, failure = None, exc.failure
             self._write_status(body, self._observe(body, None if failure else desired, failure))
 
-    def _observe(self, body: Obj, desired: Desired | None, failure: Failure | None) -> Observed:
+    def _observe(
+        self,
+        body: Obj,
+        desired: Desired | None,
+        failure: Failure | None,
+        *,
+        workload: Obj | None = None,
+        new_workload: bool = False,
+    ) -> Observed:
+        """Everything status depends on. ``workload``: the Deployment (or LeaderWorkerSet) as a write of
+        ours just returned it, saving a GET; ``new_workload``: that write created it, so it has no pods
+        yet. Otherwise the instance's pods come from one LIST by its label (not the namespace's: that list
+        grows with every instance, and so would each refresh)."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         generation = int(meta.get("generation") or 1)
@@ -442,11 +475,16 @@ class Reconciler:
                 previous=previous,
             )
         want = desired.deployment
-        dep = self.api.get(_path(want))
-        # All xw pods of the namespace in one call: this instance's, and the others sharing its nodes.
-        ours = self.api.list(object_path("v1", "pods", namespace), label_selector=f"{MANAGED_BY_KEY}={MANAGED_BY}")
-        pods = [p for p in ours if (p.get("metadata", {}).get("labels") or {}).get(MODEL_INSTANCE_KEY) == name]
-        faults = self._device_faults(pods, ours)
+        dep = workload if workload is not None else self.api.get(_path(want))
+        pods = (
+            []
+            if new_workload
+            else self.api.list(
+                object_path("v1", "pods", namespace),
+                label_selector=f"{MANAGED_BY_KEY}={MANAGED_BY},{MODEL_INSTANCE_KEY}={name}",
+            )
+        )
+        faults = self._device_faults(pods)
         self._evict(body, faults)
         groups = observe_groups(desired.plan, want, dep, desired.instance.spec.replicas, pods)
         return Observed(
@@ -466,14 +504,16 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------ accelerator health
 
-    def _device_faults(self, pods: list[Obj], ours: list[Obj]) -> list[DeviceFault]:
+    def _device_faults(self, pods: list[Obj]) -> list[DeviceFault]:
+        """Faults of the nodes ``pods`` run on. The other xw pods of a node are listed only for a node
+        that withdrew devices (the rare case): on any other node nothing can be short."""
         nodes = {str(p["spec"]["nodeName"]) for p in pods if (p.get("spec") or {}).get("nodeName")}
         known = {n: self.nodes[n] for n in nodes if n in self.nodes}
         if not known:
             return []
-        node_pods: dict[str, list[Obj]] = {}
-        for pod in ours:
-            node_pods.setdefault(str((pod.get("spec") or {}).get("nodeName")), []).append(pod)
+        wanted = {r for p in pods for r in device_requests(p)}
+        short = [n for n, node in known.items() if node is not None and devices_withdrawn(node, wanted)]
+        node_pods = {n: self._pods_on_node(n) for n in short}
         return device_faults(pods, node_pods, known)
 
     def _evict(self, body: Obj, faults: list[DeviceFault]) -> None:
@@ -512,20 +552,27 @@ class Reconciler:
 
     def instances_on_node(self, node: str) -> set[tuple[str, str]]:
         """(namespace, name) of every instance with a pod on ``node``."""
+        out = set()
+        for pod in self._pods_on_node(node):
+            meta = pod.get("metadata", {})
+            inst = (meta.get("labels") or {}).get(MODEL_INSTANCE_KEY)
+            if inst:
+                out.add((str(meta.get("namespace")), str(inst)))
+        return out
+
+    def _pods_on_node(self, node: str) -> list[Obj]:
+        """Every xw pod on ``node`` in the namespaces this operator watches."""
         selector = f"{MANAGED_BY_KEY}={MANAGED_BY}"
         paths = (
             [object_path("v1", "pods", None)]
             if self.namespaces is None
             else [object_path("v1", "pods", ns) for ns in self.namespaces]
         )
-        out = set()
-        for path in paths:
-            for pod in self.api.list(path, label_selector=selector, field_selector=f"spec.nodeName={node}"):
-                meta = pod.get("metadata", {})
-                inst = (meta.get("labels") or {}).get(MODEL_INSTANCE_KEY)
-                if inst:
-                    out.add((str(meta.get("namespace")), str(inst)))
-        return out
+        return [
+            pod
+            for path in paths
+            for pod in self.api.list(path, label_selector=selector, field_selector=f"spec.nodeName={node}")
+        ]
 
     def _write_status(self, body: Obj, observed: Observed) -> None:
         current = normalise_status(body.get("status"))

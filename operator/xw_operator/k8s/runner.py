@@ -69,6 +69,7 @@ def operator_settings() -> kopf.OperatorSettings:
     # Only our children are streamed: no cluster-wide Pod traffic through the operator.
     selector = f"{MANAGED_BY_KEY}={MANAGED_BY}"
     settings.watching.label_selectors["deployments"] = selector
+    settings.watching.label_selectors["services"] = selector
     settings.watching.label_selectors["pods"] = selector
     settings.watching.label_selectors["leaderworkersets"] = selector
     settings.posting.loggers = False
