@@ -40,7 +40,7 @@ class RecordingReconciler:
         self.fail = dict(fail or {})
         self.invalid = invalid or set()
 
-    def reconcile(self, namespace: str, name: str) -> list[str]:
+    def reconcile(self, namespace: str, name: str, body: Any = None) -> list[str]:
         self.calls.append(name)
         if self.fail.get(name):
             self.fail[name] -= 1

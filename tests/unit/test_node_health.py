@@ -11,6 +11,7 @@ from xw_operator.k8s.node_health import (
     device_requests,
     devices_withdrawn,
     health_fingerprint,
+    health_view,
 )
 
 RES = "huawei.com/Ascend910"
@@ -99,3 +100,16 @@ def test_allocatable_below_capacity_or_gone_is_a_withdrawal() -> None:
     garbled = with_capacity(node(), 8)
     garbled["status"]["allocatable"][RES] = "eight"
     assert devices_withdrawn(garbled, [RES])
+
+
+def test_the_kept_view_answers_like_the_whole_node() -> None:
+    whole = with_capacity(node(chips=6), 8)
+    whole["status"]["images"] = [{"names": ["registry/engine:1"], "sizeBytes": 1}] * 50
+    whole["status"]["conditions"].append({"type": "MemoryPressure", "status": "False"})
+    view = health_view(whole)
+    assert "images" not in view["status"] and len(view["status"]["conditions"]) == 1
+    assert health_fingerprint(view) == health_fingerprint(whole)
+    assert devices_withdrawn(view, [RES]) and devices_withdrawn(whole, [RES])
+    mine = [pod("a", 4), pod("b", 4)]
+    assert device_faults(mine, {"n1": mine}, {"n1": view}) == device_faults(mine, {"n1": mine}, {"n1": whole})
+    assert device_faults(mine, {"n1": mine}, {"n1": health_view(node(ready=False))})[0].problem.reason == NODE_NOT_READY

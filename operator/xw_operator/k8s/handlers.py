@@ -64,13 +64,13 @@ def register(
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    def reconcile(namespace: str | None, name: str, retry: int = 0, **_: Any) -> None:
+    def reconcile(namespace: str | None, name: str, body: Mapping[str, Any], retry: int = 0, **_: Any) -> None:
         assert namespace is not None  # ModelInstance is namespaced
         if not store.ready:
             log.warning("%s/%s not reconciled: %s", namespace, name, store.state.last_error)
             return  # the first valid devices.yaml re-reconciles every instance (ConfigReactions)
         try:
-            reconciler.reconcile(namespace, name)
+            reconciler.reconcile(namespace, name, body=body)
         except InvalidSpec as exc:
             # Status and an Event already say why; retrying cannot help until the spec or config changes.
             raise kopf.PermanentError(str(exc)) from None
@@ -101,6 +101,8 @@ def register(
                 with contextlib.suppress(InvalidSpec):
                     reconciler.reconcile(*owner)
                 return
+            if kind != "Pod" and reconciler.seen_workload(body):
+                return  # status was computed from exactly this state (e.g. the event of our own apply)
             reconciler.refresh_status(*owner)
         except Exception as exc:
             # Never raised: the next event of this child (or the instance) recomputes status from scratch.

@@ -162,3 +162,18 @@ def health_fingerprint(node: Obj) -> tuple[Any, ...]:
     allocatable = (node.get("status") or {}).get("allocatable") or {}
     extended = tuple(sorted((k, str(v)) for k, v in allocatable.items() if "/" in k))
     return node_ready(node)[0], extended
+
+
+def health_view(node: Obj) -> dict[str, Any]:
+    """The part of a node this module reads (name, Ready condition, allocatable and capacity): what the
+    operator keeps per node. A whole Node -- its image list alone is tens of KiB on a real host -- times
+    every node of a large cluster would be most of the operator's memory."""
+    status = node.get("status") or {}
+    return {
+        "metadata": {"name": (node.get("metadata") or {}).get("name")},
+        "status": {
+            "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"],
+            "allocatable": dict(status.get("allocatable") or {}),
+            "capacity": dict(status.get("capacity") or {}),
+        },
+    }

@@ -43,6 +43,7 @@ from xw_operator.k8s.node_health import (
     device_requests,
     devices_withdrawn,
     health_fingerprint,
+    health_view,
 )
 from xw_operator.k8s.ownership import (
     NameConflict,
@@ -210,6 +211,22 @@ def generation_of(obj: Mapping[str, Any] | None) -> int | None:
 ChildKey = tuple[str, str, str]  # kind, namespace, name
 
 
+def workload_fingerprint(workload: Mapping[str, Any]) -> str:
+    """What of a Deployment or LeaderWorkerSet status is computed from: its generation, status, spec-hash
+    annotation, labels, owners and deletion mark (not resourceVersion or managedFields, which every
+    write moves)."""
+    meta = workload.get("metadata", {})
+    seen = (
+        meta.get("generation"),
+        meta.get("deletionTimestamp"),
+        (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION),
+        meta.get("labels"),
+        [(o.get("uid"), o.get("controller")) for o in meta.get("ownerReferences") or []],
+        workload.get("status"),
+    )
+    return hashlib.sha256(json.dumps(seen, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def child_key(obj: Mapping[str, Any]) -> ChildKey:
     meta = obj.get("metadata", {})
     return str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name"))
@@ -357,6 +374,8 @@ class Reconciler:
         self.generations: dict[ChildKey, int] = {}
         # Permanent API refusals: (namespace, name) -> ((uid, generation, config version), failure).
         self.rejections: dict[tuple[str, str], tuple[tuple[Any, ...], Failure]] = {}
+        # Fingerprint of each workload as the last status computation saw it; see seen_workload.
+        self.observed_workloads: dict[ChildKey, str] = {}
         # Nodes as last seen by the node watch (None: deleted); see node_health.
         self.nodes: dict[str, Obj | None] = {}
         self.evict_on_device_loss = True
@@ -379,11 +398,14 @@ class Reconciler:
         memo = self.rejections.get((meta.get("namespace"), meta.get("name")))
         return memo[1] if memo is not None and memo[0] == self._attempt_key(body) else None
 
-    def reconcile(self, namespace: str, name: str) -> list[str]:
+    def reconcile(self, namespace: str, name: str, body: Mapping[str, Any] | None = None) -> list[str]:
         """Make the children match the instance, then refresh status. Raises InvalidSpec for bad input
-        and for a permanent API refusal (status Failed either way); transient errors propagate."""
+        and for a permanent API refusal (status Failed either way); transient errors propagate.
+
+        ``body``: the instance as the caller just received it (kopf's event, a LIST), which saves a GET
+        per reconcile; a newer version has its own event and reconciles again. Absent: read fresh."""
         with self.locks.hold(namespace, name):
-            body = self.api.get(instance_path(namespace, name))
+            body = dict(body) if body is not None else self.api.get(instance_path(namespace, name))
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return []
             try:
@@ -420,6 +442,13 @@ class Reconciler:
     def forget(self, child: Mapping[str, Any]) -> None:
         """Drop what we remembered of a child that someone else deleted or changed."""
         self.generations.pop(child_key(child), None)
+        self.observed_workloads.pop(child_key(child), None)
+
+    def seen_workload(self, workload: Mapping[str, Any]) -> bool:
+        """The last status computed for this workload's instance saw it exactly like this (same
+        :func:`workload_fingerprint`): an event carrying it cannot change status. Saves the refresh --
+        and its requests -- for the event of our own apply and for updates of fields status ignores."""
+        return self.observed_workloads.get(child_key(workload)) == workload_fingerprint(workload)
 
     def drifted(self, child: Mapping[str, Any]) -> bool:
         """Cheap check on a watch event: the child's spec changed since our last apply (generation),
@@ -542,6 +571,7 @@ class Reconciler:
         """Record a node from the watch; True when its readiness or extended allocatable changed (a node
         seen for the first time counts only when it is unhealthy: start-up stays quiet)."""
         before = self.nodes.get(name, "unseen")
+        node = health_view(node) if node is not None else None
         self.nodes[name] = node
         if node is None:
             return before != "unseen" and before is not None
@@ -577,13 +607,14 @@ class Reconciler:
     def _write_status(self, body: Obj, observed: Observed) -> None:
         current = normalise_status(body.get("status"))
         desired = normalise_status(compute_status(observed, now=now_rfc3339()))
-        if not status_differs(current, desired):
-            return
-        meta = body["metadata"]
-        self.api.merge_patch(
-            instance_path(meta["namespace"], meta["name"], status=True),
-            {"status": status_patch(current, desired)},
-        )
-        event = transition_event(current, desired)
-        if event is not None:
-            post_event(self.api, body, event)
+        if status_differs(current, desired):
+            meta = body["metadata"]
+            self.api.merge_patch(
+                instance_path(meta["namespace"], meta["name"], status=True),
+                {"status": status_patch(current, desired)},
+            )
+            event = transition_event(current, desired)
+            if event is not None:
+                post_event(self.api, body, event)
+        if observed.deployment is not None:  # only once stored: a failed write must not hide the next event
+            self.observed_workloads[child_key(observed.deployment)] = workload_fingerprint(observed.deployment)

@@ -23,6 +23,7 @@ import kopf
 
 from xw_operator.errors import ConfigError
 from xw_operator.instance import GROUP, PLURAL, VERSION
+from xw_operator.k8s import memory
 from xw_operator.k8s.client import KubeApi, object_path, process_identity
 from xw_operator.k8s.config_source import (
     Change,
@@ -173,7 +174,7 @@ class ConfigReactions:
         """Reconcile one affected instance; False when it must be retried (a transient failure)."""
         meta = body["metadata"]
         try:
-            applied = self.reconciler.reconcile(meta["namespace"], meta["name"])
+            applied = self.reconciler.reconcile(meta["namespace"], meta["name"], body=body)
             log.info("re-reconciled %s/%s after config change: %s", meta["namespace"], meta["name"], applied)
         except InvalidSpec as exc:
             log.warning("%s/%s is invalid under the new devices config: %s", meta["namespace"], meta["name"], exc)
@@ -242,6 +243,7 @@ def run_operator(
 ) -> None:
     """Run until SIGTERM/SIGINT. An invalid devices.yaml never stops it (see the module docstring)."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
+    memory.tune_malloc()  # before any thread starts (memory.py: RSS after bursts)
     clusterwide = all_namespaces or not namespaces
     api = KubeApi()
     source = make_source(api, devices_config, devices_configmap)
@@ -339,6 +341,7 @@ def _run_leader(
         on_idle=reactions.on_idle,
     )
     watcher.start()
+    trimmer = memory.Trimmer().start()
     try:
         kopf.run(
             registry=registry,
@@ -349,4 +352,5 @@ def _run_leader(
             liveness_endpoint=liveness or None,
         )
     finally:
+        trimmer.stop()
         watcher.stop()
