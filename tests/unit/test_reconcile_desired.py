@@ -18,6 +18,7 @@ from xw_operator.k8s.reconcile import (
     normalise_status,
     spec_hash,
     stamp,
+    workload_fingerprint,
 )
 
 # A stored custom resource: uid, generation and the bookkeeping annotations kopf and kubectl leave.
@@ -130,3 +131,38 @@ def test_no_image_for_any_architecture_names_the_field(shipped_config: DevicesCo
 def test_status_is_normalised_like_the_crd_prunes_it() -> None:
     stored = normalise_status({"phase": "Ready", "kopf": {"progress": {}}, "readyReplicas": 1})
     assert stored == {"phase": "Ready", "readyReplicas": 1, "conditions": []}
+
+
+def test_a_workload_fingerprint_moves_with_what_status_reads_and_only_that() -> None:
+    deployment: dict[str, Any] = {
+        "kind": "Deployment",
+        "metadata": {
+            "name": "qwen",
+            "namespace": "llm",
+            "generation": 2,
+            "resourceVersion": "100",
+            "annotations": {SPEC_HASH_ANNOTATION: "abc", "deployment.kubernetes.io/revision": "2"},
+            "labels": {"app.kubernetes.io/managed-by": "xw-operator"},
+            "ownerReferences": [{"uid": "uid-1", "controller": True}],
+            "managedFields": [{"manager": "kube-controller-manager", "operation": "Update"}],
+        },
+        "status": {"observedGeneration": 2, "replicas": 1, "availableReplicas": 0},
+    }
+    base = workload_fingerprint(deployment)
+    bookkeeping = copy.deepcopy(deployment)
+    bookkeeping["metadata"]["resourceVersion"] = "101"
+    bookkeeping["metadata"]["managedFields"].append({"manager": "kubectl", "operation": "Update"})
+    assert workload_fingerprint(bookkeeping) == base
+    for path, value in [
+        (("status", "availableReplicas"), 1),
+        (("metadata", "generation"), 3),
+        (("metadata", "deletionTimestamp"), "2026-11-26T00:00:00Z"),
+        (("metadata", "labels"), {}),
+        (("metadata", "ownerReferences"), []),
+    ]:
+        changed = copy.deepcopy(deployment)
+        changed[path[0]][path[1]] = value
+        assert workload_fingerprint(changed) != base, path
+    rehashed = copy.deepcopy(deployment)
+    rehashed["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = "def"
+    assert workload_fingerprint(rehashed) != base
