@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -374,6 +374,8 @@ class Reconciler:
         self.generations: dict[ChildKey, int] = {}
         # Permanent API refusals: (namespace, name) -> ((uid, generation, config version), failure).
         self.rejections: dict[tuple[str, str], tuple[tuple[Any, ...], Failure]] = {}
+        # (uid, generation) of each instance's last reconcile: a caller's older body is read again.
+        self.reconciled_generations: dict[tuple[str, str], tuple[Any, Any]] = {}
         # Fingerprint of each workload as the last status computation saw it; see seen_workload.
         self.observed_workloads: dict[ChildKey, str] = {}
         # Nodes as last seen by the node watch (None: deleted); see node_health.
@@ -402,12 +404,18 @@ class Reconciler:
         """Make the children match the instance, then refresh status. Raises InvalidSpec for bad input
         and for a permanent API refusal (status Failed either way); transient errors propagate.
 
-        ``body``: the instance as the caller just received it (kopf's event, a LIST), which saves a GET
-        per reconcile; a newer version has its own event and reconciles again. Absent: read fresh."""
+        ``body``: the instance as kopf just delivered it, which saves a GET per reconcile. kopf handles
+        one instance's events in order, so a newer spec always follows with its own reconcile; a body
+        older than a generation already reconciled (another path read it fresh) is not used, and a
+        status written since is caught by the status patch's resourceVersion precondition
+        (:meth:`_write_status`). Absent: read fresh."""
         with self.locks.hold(namespace, name):
-            body = dict(body) if body is not None else self.api.get(instance_path(namespace, name))
+            given = body is not None and not self._older_than_reconciled(body)
+            body = dict(body) if given and body is not None else self.api.get(instance_path(namespace, name))
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return []
+            meta = body["metadata"]
+            self.reconciled_generations[(namespace, name)] = (meta.get("uid"), meta.get("generation"))
             try:
                 desired = desired_state(body, self.config, multi_node=self.multi_node)
                 if (failure := self._remembered_rejection(body)) is not None:
@@ -427,17 +435,25 @@ class Reconciler:
                 )
                 if withdrawn is not None and (gen := generation_of(withdrawn)) is not None:
                     self.generations[child_key(withdrawn)] = gen  # our own write: not drift
-                self._write_status(body, self._observe(body, None, exc.failure))
+                failed = exc.failure
+                self._write_status(body, lambda b: self._observe(b, None, failed), maybe_stale=given)
                 raise
             self.rejections.pop((namespace, name), None)
             if converged.applied:
                 log.info("ModelInstance %s/%s: applied %s", namespace, name, ", ".join(converged.applied))
             key = child_key(desired.deployment)
-            observed = self._observe(
-                body, desired, None, workload=converged.stored.get(key), new_workload=key in converged.created
+            workload, new_workload = converged.stored.get(key), key in converged.created
+            self._write_status(
+                body,
+                lambda b: self._observe(b, desired, None, workload=workload, new_workload=new_workload),
+                maybe_stale=given,
             )
-            self._write_status(body, observed)
             return converged.applied
+
+    def _older_than_reconciled(self, body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata", {})
+        uid, generation = self.reconciled_generations.get((meta.get("namespace"), meta.get("name")), (None, None))
+        return bool(uid == meta.get("uid") and generation is not None and generation > (meta.get("generation") or 0))
 
     def forget(self, child: Mapping[str, Any]) -> None:
         """Drop what we remembered of a child that someone else deleted or changed."""
@@ -473,7 +489,7 @@ class Reconciler:
                 failure = self._remembered_rejection(body)
             except InvalidSpec as exc:
                 desired, failure = None, exc.failure
-            self._write_status(body, self._observe(body, None if failure else desired, failure))
+            self._write_status(body, lambda b: self._observe(b, None if failure else desired, failure))
 
     def _observe(
         self,
@@ -604,15 +620,32 @@ class Reconciler:
             for pod in self.api.list(path, label_selector=selector, field_selector=f"spec.nodeName={node}")
         ]
 
-    def _write_status(self, body: Obj, observed: Observed) -> None:
+    def _write_status(self, body: Obj, observe: Callable[[Obj], Observed], *, maybe_stale: bool = False) -> None:
+        """Patch status when what ``observe(body)`` gives differs from what ``body`` stores.
+
+        ``maybe_stale``: ``body`` came from the caller, not a GET under this instance's lock, and a status
+        refresh may have written since. The patch then carries the body's resourceVersion: a merge patch
+        computed against an older status could leave fields behind and announce a transition twice, so a
+        conflict (409) re-reads the instance and computes again -- unless its spec moved on (a newer
+        generation reconciles by its own event; this rendering must not claim it)."""
+        observed = observe(body)
         current = normalise_status(body.get("status"))
         desired = normalise_status(compute_status(observed, now=now_rfc3339()))
         if status_differs(current, desired):
             meta = body["metadata"]
-            self.api.merge_patch(
-                instance_path(meta["namespace"], meta["name"], status=True),
-                {"status": status_patch(current, desired)},
-            )
+            patch: Obj = {"status": status_patch(current, desired)}
+            if maybe_stale and meta.get("resourceVersion"):
+                patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+            try:
+                self.api.merge_patch(instance_path(meta["namespace"], meta["name"], status=True), patch)
+            except ApiError as exc:
+                if exc.status != 409 or not maybe_stale:
+                    raise
+                fresh = self.api.get(instance_path(meta["namespace"], meta["name"]))
+                same = fresh is not None and fresh["metadata"].get("uid") == meta.get("uid")
+                if same and fresh is not None and fresh["metadata"].get("generation") == meta.get("generation"):
+                    self._write_status(fresh, observe)
+                return
             event = transition_event(current, desired)
             if event is not None:
                 post_event(self.api, body, event)

@@ -174,7 +174,8 @@ class ConfigReactions:
         """Reconcile one affected instance; False when it must be retried (a transient failure)."""
         meta = body["metadata"]
         try:
-            applied = self.reconciler.reconcile(meta["namespace"], meta["name"], body=body)
+            # Read fresh (no body): the listing may be older than a spec change reconciled since.
+            applied = self.reconciler.reconcile(meta["namespace"], meta["name"])
             log.info("re-reconciled %s/%s after config change: %s", meta["namespace"], meta["name"], applied)
         except InvalidSpec as exc:
             log.warning("%s/%s is invalid under the new devices config: %s", meta["namespace"], meta["name"], exc)
