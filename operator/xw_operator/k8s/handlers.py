@@ -1,7 +1,7 @@
 """kopf handlers: thin wiring from watch events to :class:`~xw_operator.k8s.reconcile.Reconciler`.
 
-- ModelInstance create/update/resume -> one idempotent ``reconcile`` (level-based: the handler reads the
-  object fresh and converges; it never acts on the diff kopf computed).
+- ModelInstance create/update/resume -> one idempotent ``reconcile`` of the body kopf delivered
+  (level-based: it converges on the whole object and never acts on the diff kopf computed).
 - Deployment, Service and Pod events (server-side filtered to ``app.kubernetes.io/managed-by=xw-operator``)
   -> recompute the owning instance's status; a Deployment or Service deleted or whose spec someone else
   changed -> reconcile the instance, which puts it back.
@@ -11,16 +11,21 @@
   why); transient errors -> ``kopf.TemporaryError`` with exponential backoff (failures.py); nothing else
   escapes a handler.
 
-Handlers are synchronous: kopf runs them in its thread pool, where the blocking HTTP client belongs.
+The ModelInstance handler is synchronous: kopf runs it in its thread pool, where the blocking HTTP client
+belongs. Child and node events are decided in the event loop (most need nothing) and only their
+blocking part goes to the same pool.
 No ``on.delete`` handler exists, so kopf adds no finalizer: owner references let the garbage collector
 remove the children, and a stopped operator can never block deletion of an instance or a namespace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from typing import Any
 
 import kopf
@@ -48,8 +53,12 @@ def register(
     *,
     multi_node: bool = False,
     watch_nodes: bool = True,
+    executor: Executor | None = None,
 ) -> None:
     """Register every handler on ``registry`` (no module-level globals: tests can build several).
+
+    ``executor``: where the blocking work of child and node events runs -- the pool kopf runs the
+    synchronous handlers in (settings.execution.executor), so one limit bounds all API work.
 
     ``multi_node`` adds the LeaderWorkerSet watch: only then, so an operator without multi-node support
     needs neither the LWS CRD nor RBAC on it. ``watch_nodes`` adds the node watch (accelerator health)."""
@@ -77,16 +86,11 @@ def register(
         except Exception as exc:
             raise handler_error(exc, f"{namespace}/{name}", retry) from None
 
-    @kopf.on.event("apps", "v1", "deployments", labels=selector, registry=registry)
-    @kopf.on.event("", "v1", "services", labels=selector, registry=registry)
-    @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
-    def child_changed(body: Mapping[str, Any], type: str | None = None, **_: Any) -> None:
-        owner = _owner(body)
-        if owner is None or not store.ready or not child_events.matters(type, body):
-            return
+    def refresh_child_owner(body: Mapping[str, Any], type: str | None, owner: tuple[str, str], repair: bool) -> None:
+        """The blocking half of a child event (in a worker thread): put the child back, or refresh status."""
         kind = body.get("kind")
         try:
-            if kind != "Pod" and (type == "DELETED" or reconciler.drifted(body)):
+            if repair:
                 # Level-based: a child deleted or edited by someone else is put back. (When the instance
                 # itself is being deleted, reconcile sees that and does nothing.)
                 log.warning(
@@ -101,8 +105,6 @@ def register(
                 with contextlib.suppress(InvalidSpec):
                     reconciler.reconcile(*owner)
                 return
-            if kind != "Pod" and reconciler.seen_workload(body):
-                return  # status was computed from exactly this state (e.g. the event of our own apply)
             reconciler.refresh_status(*owner)
         except Exception as exc:
             # Never raised: the next event of this child (or the instance) recomputes status from scratch.
@@ -111,14 +113,31 @@ def register(
             else:
                 log.exception("reconcile/status refresh of %s/%s failed", *owner)
 
+    @kopf.on.event("apps", "v1", "deployments", labels=selector, registry=registry)
+    @kopf.on.event("", "v1", "services", labels=selector, registry=registry)
+    @kopf.on.event("", "v1", "pods", labels=selector, registry=registry)
+    async def child_changed(body: Mapping[str, Any], type: str | None = None, **_: Any) -> None:
+        # Decided here, in the event loop: most child events need nothing (the initial listing after a
+        # restart, problem-free Pods, our own applies), and a thread hand-off per event would cost more
+        # CPU and memory (queued jobs) than the decision itself.
+        owner = _owner(body)
+        if owner is None or not store.ready or not child_events.matters(type, body):
+            return
+        kind = body.get("kind")
+        try:
+            repair = kind != "Pod" and (type == "DELETED" or reconciler.drifted(body))
+            if not repair and kind != "Pod" and reconciler.seen_workload(body):
+                return  # status was computed from exactly this state (e.g. the event of our own apply)
+        except Exception:
+            log.exception("checking %s %s/%s failed; refreshing its instance", kind, *owner)
+            repair = False
+        await asyncio.get_running_loop().run_in_executor(
+            executor, functools.partial(refresh_child_owner, dict(body), type, owner, repair)
+        )
+
     if watch_nodes:
 
-        @kopf.on.event("", "v1", "nodes", registry=registry)
-        def node_changed(body: Mapping[str, Any], name: str, type: str | None = None, **_: Any) -> None:
-            # Accelerator health: a node that went NotReady or whose allocatable devices dropped changes
-            # the status of the instances with pods on it (and may get those pods rescheduled).
-            if not store.ready or not reconciler.node_changed(name, None if type == "DELETED" else dict(body)):
-                return
+        def refresh_node_instances(name: str) -> None:
             try:
                 affected = reconciler.instances_on_node(name)
                 log.info("node %s changed (readiness or devices); refreshing %d instance(s)", name, len(affected))
@@ -127,6 +146,15 @@ def register(
             except Exception as exc:
                 # A later pod or node event recomputes it; the node cache already holds the new state.
                 log.warning("status refresh after node %s changed failed: %s", name, exc)
+
+        @kopf.on.event("", "v1", "nodes", registry=registry)
+        async def node_changed(body: Mapping[str, Any], name: str, type: str | None = None, **_: Any) -> None:
+            # Accelerator health: a node that went NotReady or whose allocatable devices dropped changes
+            # the status of the instances with pods on it (and may get those pods rescheduled). Heartbeats
+            # (most node events) are told apart in the event loop, without a thread.
+            if not store.ready or not reconciler.node_changed(name, None if type == "DELETED" else dict(body)):
+                return
+            await asyncio.get_running_loop().run_in_executor(executor, refresh_node_instances, name)
 
     if multi_node:
         from xw_operator.render_lws import LWS_API_VERSION, LWS_PLURAL

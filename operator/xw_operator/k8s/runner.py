@@ -50,9 +50,12 @@ log = logging.getLogger("xw_operator.operator")
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 PREFIX = "xw.dev"
+LIST_PAGE_SIZE = 100
 
 
-def operator_settings() -> kopf.OperatorSettings:
+def operator_settings(executor: ThreadPoolExecutor | None = None) -> kopf.OperatorSettings:
+    """kopf's settings; ``executor`` runs the synchronous handlers (and, via handlers.register, the
+    blocking part of child and node events)."""
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = f"{PREFIX}/finalizer"  # unused (no deletion handlers), but ours if ever
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
@@ -73,10 +76,15 @@ def operator_settings() -> kopf.OperatorSettings:
     settings.watching.label_selectors["services"] = selector
     settings.watching.label_selectors["pods"] = selector
     settings.watching.label_selectors["leaderworkersets"] = selector
+    # Initial listings in pages: at 1,000 instances one unpaged LIST of Deployments is megabytes of JSON
+    # decoded at once, a peak CPython's allocator keeps as resident memory long after (k8s/memory.py).
+    settings.watching.chunk_size = LIST_PAGE_SIZE
     settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     # Resource discovery once at start-up: no list/watch of CRDs or namespaces needed (least privilege).
     settings.scanning.disabled = True
+    if executor is not None:
+        settings.execution.executor = executor
     settings.execution.max_workers = env_settings().max_workers
     return settings
 
@@ -312,7 +320,8 @@ def _run_leader(
     reconciler.evict_on_device_loss = evict_on_device_loss
     reconciler.namespaces = None if clusterwide else list(namespaces)
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, store, multi_node=multi_node, watch_nodes=watch_nodes)
+    executor = ThreadPoolExecutor(max_workers=env_settings().max_workers, thread_name_prefix="handler")
+    register(registry, reconciler, store, multi_node=multi_node, watch_nodes=watch_nodes, executor=executor)
     if elector is not None:
 
         @kopf.on.probe(id="leaderElection", registry=registry)
@@ -346,7 +355,7 @@ def _run_leader(
     try:
         kopf.run(
             registry=registry,
-            settings=operator_settings(),
+            settings=operator_settings(executor),
             standalone=True,
             clusterwide=clusterwide,
             namespaces=[] if clusterwide else list(namespaces),
