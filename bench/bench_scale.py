@@ -260,8 +260,9 @@ class Operator:
         cmd = [str(XW), "operator", "--namespace", self.namespace, "--devices-config", str(self.devices)]
         cmd += ["--liveness", "", "--metrics-address=127.0.0.1", f"--metrics-port={self.port}"]
         log_file = open(self.workdir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 (lives with the process)
-        # As in the image (Dockerfile): glibc's per-thread malloc arenas cost ~15% RSS with 32 handler threads.
-        env = dict(os.environ, PYTHONWARNINGS="ignore", MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "2"))
+        # No malloc variables: the operator sets its allocator up itself (xw_operator/k8s/memory.py).
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        env.pop("MALLOC_ARENA_MAX", None)
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait_until("the operator's metrics endpoint", lambda: self.metrics() is not None, 60)
