@@ -34,6 +34,7 @@ from xw_operator.instance import GROUP, PLURAL, VERSION
 from xw_operator.k8s.child_events import ChildEvents
 from xw_operator.k8s.config_source import ConfigStore
 from xw_operator.k8s.failures import backoff_delay, is_permanent_api_error, is_transient
+from xw_operator.k8s.handled import HandledSpecs
 from xw_operator.k8s.reconcile import InvalidSpec, Reconciler
 from xw_operator.labels import MANAGED_BY, MANAGED_BY_KEY, MODEL_INSTANCE_KEY
 
@@ -54,11 +55,13 @@ def register(
     multi_node: bool = False,
     watch_nodes: bool = True,
     executor: Executor | None = None,
+    handled: HandledSpecs | None = None,
 ) -> None:
     """Register every handler on ``registry`` (no module-level globals: tests can build several).
 
     ``executor``: where the blocking work of child and node events runs -- the pool kopf runs the
     synchronous handlers in (settings.execution.executor), so one limit bounds all API work.
+    ``handled``: kopf's in-memory record of handled specs, whose entries go with their instances.
 
     ``multi_node`` adds the LeaderWorkerSet watch: only then, so an operator without multi-node support
     needs neither the LWS CRD nor RBAC on it. ``watch_nodes`` adds the node watch (accelerator health)."""
@@ -112,6 +115,13 @@ def register(
                 log.warning("reconcile/status refresh of %s/%s failed, will retry on the next event: %s", *owner, exc)
             else:
                 log.exception("reconcile/status refresh of %s/%s failed", *owner)
+
+    if handled is not None:
+
+        @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+        async def instance_event(body: Mapping[str, Any], type: str | None = None, **_: Any) -> None:
+            if type == "DELETED":
+                handled.forget(str(body.get("metadata", {}).get("uid")))
 
     @kopf.on.event("apps", "v1", "deployments", labels=selector, registry=registry)
     @kopf.on.event("", "v1", "services", labels=selector, registry=registry)

@@ -6,8 +6,9 @@ Decisions (see docs/operator.md):
 - Start-up never depends on a human: devices.yaml invalid at start -> the persisted last good version
   (last_good.py), or no configuration at all (nothing reconciled, /healthz and an Event say why).
 - No finalizer: owner references + garbage collection remove the children.
-- kopf bookkeeping lives in annotations under ``xw.dev/`` (never in ``status``, which the CRD schema
-  prunes and which is ours), and kopf never posts Events from log lines.
+- kopf's record of the last handled spec lives in memory (handled.py), its retry progress in annotations
+  under ``xw.dev/`` (never in ``status``, which the CRD schema prunes and which is ours), and kopf never
+  posts Events from log lines.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from xw_operator.k8s.config_source import (
 )
 from xw_operator.k8s.events import EventSpec, post_event
 from xw_operator.k8s.failures import is_transient
+from xw_operator.k8s.handled import HandledSpecs, RetryProgress
 from xw_operator.k8s.handlers import register
 from xw_operator.k8s.health import StandbyHealthServer
 from xw_operator.k8s.last_good import LastGoodStore
@@ -53,15 +55,17 @@ PREFIX = "xw.dev"
 LIST_PAGE_SIZE = 100
 
 
-def operator_settings(executor: ThreadPoolExecutor | None = None) -> kopf.OperatorSettings:
+def operator_settings(
+    executor: ThreadPoolExecutor | None = None, handled: HandledSpecs | None = None
+) -> kopf.OperatorSettings:
     """kopf's settings; ``executor`` runs the synchronous handlers (and, via handlers.register, the
-    blocking part of child and node events)."""
+    blocking part of child and node events); ``handled`` keeps the last handled spec of each instance
+    in memory (handled.py: no annotation write per instance)."""
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = f"{PREFIX}/finalizer"  # unused (no deletion handlers), but ours if ever
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
-    )
+    # Written only while a handler is being retried (a transient error), and removed when it succeeds.
+    settings.persistence.progress_storage = RetryProgress(prefix=PREFIX)
+    settings.persistence.diffbase_storage = handled if handled is not None else HandledSpecs()
     # Watches end server-side before any proxy/LB idle timeout can cut them silently; the client timeout
     # is the safety net if the server never closes.
     settings.watching.server_timeout = 300
@@ -321,7 +325,10 @@ def _run_leader(
     reconciler.namespaces = None if clusterwide else list(namespaces)
     registry = kopf.OperatorRegistry()
     executor = ThreadPoolExecutor(max_workers=env_settings().max_workers, thread_name_prefix="handler")
-    register(registry, reconciler, store, multi_node=multi_node, watch_nodes=watch_nodes, executor=executor)
+    handled = HandledSpecs()
+    register(
+        registry, reconciler, store, multi_node=multi_node, watch_nodes=watch_nodes, executor=executor, handled=handled
+    )
     if elector is not None:
 
         @kopf.on.probe(id="leaderElection", registry=registry)
@@ -355,7 +362,7 @@ def _run_leader(
     try:
         kopf.run(
             registry=registry,
-            settings=operator_settings(executor),
+            settings=operator_settings(executor, handled),
             standalone=True,
             clusterwide=clusterwide,
             namespaces=[] if clusterwide else list(namespaces),
