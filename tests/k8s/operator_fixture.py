@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,15 @@ def operator_log_on_failure(
     yield xw_operator.log_text
     if request.session.testsfailed > failed_before:  # the call phase has reported by teardown time
         print("----- operator log -----\n" + xw_operator.log_text()[-15000:])
+
+
+@contextmanager
+def session_operator_stopped(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's operator (all namespaces) stopped for a module that runs its own operator or drives
+    a Reconciler itself, and started again afterwards: two operators on one instance revert each other."""
+    session_operator = request.getfixturevalue("xw_operator")
+    session_operator.stop()
+    try:
+        yield
+    finally:
+        session_operator.start()

@@ -41,6 +41,7 @@ from chart_support import (
     wait_ready,
     write_token_kubeconfig,
 )
+from operator_fixture import session_operator_stopped
 
 CRD_NAME = "modelinstances.xw.dev"
 
@@ -71,12 +72,8 @@ def session_operator_paused(request: pytest.FixtureRequest) -> Iterator[None]:
     """The session's operator watches every namespace with its own devices.yaml; next to this module's
     operators (the chart's ConfigMap, an upgraded image) both would reconcile the same instances and
     revert each other's Deployments. It is paused for this module and started again afterwards."""
-    session_operator = request.getfixturevalue("xw_operator")
-    session_operator.stop()
-    try:
+    with session_operator_stopped(request):
         yield
-    finally:
-        session_operator.start()
 
 
 @pytest.fixture(scope="module")

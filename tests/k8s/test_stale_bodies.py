@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
-from operator_fixture import SHIPPED_DEVICES
+from operator_fixture import SHIPPED_DEVICES, session_operator_stopped
 
 import builders
 from xw_operator.devices import DevicesConfig, parse_devices_config
@@ -26,12 +26,8 @@ from xw_operator.k8s.reconcile import Reconciler, instance_path
 @pytest.fixture(scope="module", autouse=True)
 def session_operator_paused(request: pytest.FixtureRequest) -> Iterator[None]:
     """The session operator would reconcile the same instance in between the test's steps."""
-    session_operator = request.getfixturevalue("xw_operator")
-    session_operator.stop()
-    try:
+    with session_operator_stopped(request):
         yield
-    finally:
-        session_operator.start()
 
 
 class Config:
