@@ -22,14 +22,14 @@ from typing import Any
 
 import kopf
 
-BOOKKEEPING_PREFIX = "xw.dev/"  # kopf's retry progress annotations (runner.operator_settings)
-
 
 class HandledSpecs(kopf.DiffBaseStorage):
-    """kopf's diff base per instance uid, in a dict guarded by a lock."""
+    """kopf's diff base per instance uid, in a dict guarded by a lock. ``prefix``: the annotation prefix
+    of kopf's retry progress (:class:`RetryProgress`), left out of the essence."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
         super().__init__()
+        self.bookkeeping = f"{prefix}/"
         self._lock = threading.Lock()
         self._essences: dict[str, Any] = {}
 
@@ -39,7 +39,7 @@ class HandledSpecs(kopf.DiffBaseStorage):
         essence = super().build(body=body, extra_fields=extra_fields)
         annotations = (essence.get("metadata") or {}).get("annotations")
         if annotations:
-            for key in [k for k in annotations if k.startswith(BOOKKEEPING_PREFIX)]:
+            for key in [k for k in annotations if k.startswith(self.bookkeeping)]:
                 del annotations[key]
             self.remove_empty_stanzas(essence)
         return essence
@@ -55,10 +55,6 @@ class HandledSpecs(kopf.DiffBaseStorage):
     def forget(self, uid: str) -> None:
         with self._lock:
             self._essences.pop(uid, None)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._essences)
 
 
 class RetryProgress(kopf.AnnotationsProgressStorage):

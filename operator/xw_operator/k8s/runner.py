@@ -55,9 +55,7 @@ PREFIX = "xw.dev"
 LIST_PAGE_SIZE = 100
 
 
-def operator_settings(
-    executor: ThreadPoolExecutor | None = None, handled: HandledSpecs | None = None
-) -> kopf.OperatorSettings:
+def operator_settings(executor: ThreadPoolExecutor, handled: HandledSpecs) -> kopf.OperatorSettings:
     """kopf's settings; ``executor`` runs the synchronous handlers (and, via handlers.register, the
     blocking part of child and node events); ``handled`` keeps the last handled spec of each instance
     in memory (handled.py: no annotation write per instance)."""
@@ -65,7 +63,7 @@ def operator_settings(
     settings.persistence.finalizer = f"{PREFIX}/finalizer"  # unused (no deletion handlers), but ours if ever
     # Written only while a handler is being retried (a transient error), and removed when it succeeds.
     settings.persistence.progress_storage = RetryProgress(prefix=PREFIX)
-    settings.persistence.diffbase_storage = handled if handled is not None else HandledSpecs()
+    settings.persistence.diffbase_storage = handled
     # Watches end server-side before any proxy/LB idle timeout can cut them silently; the client timeout
     # is the safety net if the server never closes.
     settings.watching.server_timeout = 300
@@ -87,9 +85,7 @@ def operator_settings(
     settings.posting.level = logging.WARNING
     # Resource discovery once at start-up: no list/watch of CRDs or namespaces needed (least privilege).
     settings.scanning.disabled = True
-    if executor is not None:
-        settings.execution.executor = executor
-    settings.execution.max_workers = env_settings().max_workers
+    settings.execution.executor = executor  # sized by the caller (XW_MAX_WORKERS)
     return settings
 
 
@@ -325,7 +321,7 @@ def _run_leader(
     reconciler.namespaces = None if clusterwide else list(namespaces)
     registry = kopf.OperatorRegistry()
     executor = ThreadPoolExecutor(max_workers=env_settings().max_workers, thread_name_prefix="handler")
-    handled = HandledSpecs()
+    handled = HandledSpecs(prefix=PREFIX)
     register(
         registry, reconciler, store, multi_node=multi_node, watch_nodes=watch_nodes, executor=executor, handled=handled
     )
